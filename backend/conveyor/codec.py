@@ -1,0 +1,234 @@
+"""The only place task records become bytes and back: JSON fields in a Redis hash, versioned."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.tasks.base import Task, TaskError, TaskResult, TaskResultStatus
+from django.utils.json import normalize_json
+
+from .exceptions import CorruptRecord, PayloadTooLarge
+
+VERSION = "1"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_MICROSECOND = timedelta(microseconds=1)
+STATUSES = frozenset({"READY", "RUNNING", "FAILED", "SUCCESSFUL"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorRecord:
+    """One failed attempt: the exception's class path and its formatted traceback."""
+
+    exception_class_path: str
+    traceback: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskRecord:
+    """A task as stored in Redis, decoded and checked."""
+
+    id: str
+    task_path: str
+    queue: str
+    priority: int
+    backend: str
+    run_after: datetime | None
+    args: list[Any]
+    kwargs: dict[str, Any]
+    status: str
+    enqueued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    last_attempted_at: datetime | None
+    worker_ids: tuple[str, ...]
+    errors: tuple[ErrorRecord, ...]
+    return_value: Any
+    deliveries: int
+
+
+def dumps(value: Any) -> str:
+    """Encode JSON compactly; NaN and infinities are refused."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
+def to_micros(moment: datetime) -> int:
+    """Return microseconds since the epoch for an aware (or local naive) datetime."""
+    if moment.tzinfo is None:
+        moment = moment.astimezone()
+    return (moment - EPOCH) // ONE_MICROSECOND
+
+
+def from_micros(micros: int) -> datetime:
+    """Return the aware UTC datetime for microseconds since the epoch."""
+    return EPOCH + timedelta(microseconds=micros)
+
+
+def encode_payload(args: Any, kwargs: Any, limit: int) -> tuple[str, str]:
+    """Encode already-normalised args and kwargs; refuse what JSON cannot round-trip."""
+    try:
+        args_json, kwargs_json = dumps(args), dumps(kwargs)
+    except ValueError as exc:
+        raise TypeError(f"Unsupported value in task arguments: {exc}") from exc
+    size = len(args_json.encode()) + len(kwargs_json.encode())
+    if size > limit:
+        raise PayloadTooLarge(
+            f"Task arguments are {size} bytes encoded, over MAX_PAYLOAD_BYTES={limit}."
+        )
+    if json.loads(args_json) != args or json.loads(kwargs_json) != kwargs:
+        raise TypeError(
+            "Unsupported value in task arguments: dictionary keys must be strings so "
+            "they survive the JSON round trip."
+        )
+    return args_json, kwargs_json
+
+
+def encode_return_value(value: Any) -> str:
+    """Normalise and encode a task's return value; raise TypeError/ValueError if impossible."""
+    try:
+        normalized = normalize_json(value)
+        return dumps(normalized)
+    except ValueError as exc:
+        raise TypeError(f"Task return value cannot be stored as JSON: {exc}") from exc
+
+
+def encode_errors(errors: list[ErrorRecord] | tuple[ErrorRecord, ...]) -> str:
+    """Encode the list of errors of a task."""
+    return dumps(
+        [{"exception_class_path": e.exception_class_path, "traceback": e.traceback} for e in errors]
+    )
+
+
+def new_record(
+    *,
+    task_path: str,
+    queue: str,
+    priority: int,
+    backend: str,
+    run_after: datetime | None,
+    args_json: str,
+    kwargs_json: str,
+    enqueued_at: datetime,
+) -> dict[str, str]:
+    """Return the hash fields of a freshly enqueued task."""
+    fields = {
+        "v": VERSION,
+        "task": task_path,
+        "queue": queue,
+        "priority": str(priority),
+        "backend": backend,
+        "args": args_json,
+        "kwargs": kwargs_json,
+        "status": "READY",
+        "enqueued_at": str(to_micros(enqueued_at)),
+    }
+    if run_after is not None:
+        fields["run_after"] = str(to_micros(run_after))
+    # started_at, finished_at, last_attempted_at, worker_ids, errors, result and
+    # deliveries are absent until a worker writes them; decode() supplies defaults.
+    return fields
+
+
+def _text(fields: Mapping[Any, Any], name: str, *, required: bool = True) -> str:
+    """Return one field as text."""
+    raw = fields.get(name, fields.get(name.encode()))
+    if raw is None:
+        if required:
+            raise CorruptRecord(f"field {name!r} is missing")
+        return ""
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _moment(fields: Mapping[Any, Any], name: str) -> datetime | None:
+    """Return a timestamp field, or None when empty."""
+    text = _text(fields, name, required=False)
+    if not text:
+        return None
+    try:
+        return from_micros(int(text))
+    except (ValueError, OverflowError) as exc:
+        raise CorruptRecord(f"field {name!r} is not a timestamp") from exc
+
+
+def _json(fields: Mapping[Any, Any], name: str, kind: type, default: str | None = None) -> Any:
+    """Return a JSON field, checking the type of its top level."""
+    text = _text(fields, name, required=default is None) or default or ""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CorruptRecord(f"field {name!r} is not valid JSON") from exc
+    if not isinstance(value, kind):
+        raise CorruptRecord(f"field {name!r} is not a JSON {kind.__name__}")
+    return value
+
+
+def decode(task_id: str, fields: Mapping[Any, Any]) -> TaskRecord:
+    """Decode a task hash into a TaskRecord; raise CorruptRecord on anything unexpected."""
+    try:
+        version = _text(fields, "v")
+        if version != VERSION:
+            raise CorruptRecord(f"unknown record version {version!r}")
+        status = _text(fields, "status")
+        if status not in STATUSES:
+            raise CorruptRecord(f"unknown status {status!r}")
+        errors = []
+        for item in _json(fields, "errors", list, "[]"):
+            if not isinstance(item, dict):
+                raise CorruptRecord("an error entry is not an object")
+            errors.append(
+                ErrorRecord(
+                    exception_class_path=str(item.get("exception_class_path", "")),
+                    traceback=str(item.get("traceback", "")),
+                )
+            )
+        worker_ids = _json(fields, "worker_ids", list, "[]")
+        result_text = _text(fields, "result", required=False)
+        return TaskRecord(
+            id=task_id,
+            task_path=_text(fields, "task"),
+            queue=_text(fields, "queue"),
+            priority=int(_text(fields, "priority")),
+            backend=_text(fields, "backend"),
+            run_after=_moment(fields, "run_after"),
+            args=_json(fields, "args", list),
+            kwargs=_json(fields, "kwargs", dict),
+            status=status,
+            enqueued_at=_moment(fields, "enqueued_at"),
+            started_at=_moment(fields, "started_at"),
+            finished_at=_moment(fields, "finished_at"),
+            last_attempted_at=_moment(fields, "last_attempted_at"),
+            worker_ids=tuple(str(w) for w in worker_ids),
+            errors=tuple(errors),
+            return_value=json.loads(result_text) if result_text else None,
+            deliveries=int(_text(fields, "deliveries", required=False) or 0),
+        )
+    except CorruptRecord:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptRecord(f"record {task_id!r} cannot be decoded: {exc}") from exc
+
+
+def to_task_result(record: TaskRecord, task: Task) -> TaskResult:
+    """Build Django's TaskResult for a decoded record and its resolved Task."""
+    result = TaskResult(
+        task=task,
+        id=record.id,
+        status=TaskResultStatus(record.status),
+        enqueued_at=record.enqueued_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        last_attempted_at=record.last_attempted_at,
+        args=record.args,
+        kwargs=record.kwargs,
+        backend=record.backend,
+        errors=[
+            TaskError(exception_class_path=e.exception_class_path, traceback=e.traceback)
+            for e in record.errors
+        ],
+        worker_ids=list(record.worker_ids),
+    )
+    object.__setattr__(result, "_return_value", record.return_value)
+    return result

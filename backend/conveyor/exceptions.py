@@ -1,0 +1,35 @@
+"""Errors conveyor raises; Redis errors are translated into these at the store boundary."""
+
+from __future__ import annotations
+
+
+class ConveyorError(Exception):
+    """Base class of every conveyor error."""
+
+
+class RedisUnavailable(ConveyorError):
+    """Redis could not be reached or did not answer in time."""
+
+
+class PayloadTooLarge(ConveyorError, ValueError):
+    """A task's arguments exceed the backend's MAX_PAYLOAD_BYTES."""
+
+
+class CorruptRecord(ConveyorError):
+    """A task record read from Redis cannot be decoded."""
+
+
+class LeaseLost(ConveyorError):
+    """The worker no longer holds the lease on a task it was running."""
+
+
+class WorkerLost(ConveyorError):
+    """The worker running a task stopped renewing its lease (killed, OOM, node lost)."""
+
+
+class TaskTimeout(ConveyorError):
+    """A task ran longer than its timeout."""
+
+
+class RejectedTask(ConveyorError):
+    """A task record was refused before anything ran (bad payload, path not allowed)."""

@@ -1,0 +1,198 @@
+"""The backend's OPTIONS, parsed once into a frozen dataclass; every default lives here."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_URL = "redis://localhost:6379/0"
+SSL_CERT_REQS = ("required", "optional", "none")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Problem:
+    """One thing wrong with OPTIONS, reported by check()."""
+
+    option: str
+    message: str
+    hint: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Options:
+    """Validated backend settings."""
+
+    url: str | None = None
+    host: str = "localhost"
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ssl: bool = False
+    ssl_cert_reqs: str = "required"
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
+    key_prefix: str = "conveyor"
+    result_ttl: int = 86_400
+    failed_result_ttl: int = 7 * 86_400
+    connect_timeout: float = 2.0
+    socket_timeout: float = 5.0
+    max_connections: int = 50
+    max_payload_bytes: int = 1_048_576
+    enqueue_on_commit: bool = False
+
+    def connection_kwargs(self) -> dict[str, Any]:
+        """Return keyword arguments for redis-py's connection pool (URL passed separately)."""
+        kwargs: dict[str, Any] = {
+            "socket_connect_timeout": self.connect_timeout,
+            "socket_timeout": self.socket_timeout,
+            "max_connections": self.max_connections,
+        }
+        if self.url is None:
+            kwargs.update(host=self.host, port=self.port, db=self.db)
+            if self.username is not None:
+                kwargs["username"] = self.username
+            if self.password is not None:
+                kwargs["password"] = self.password
+        if self.ssl or (self.url or "").startswith("rediss://"):
+            kwargs.update(
+                ssl_cert_reqs=self.ssl_cert_reqs,
+                ssl_check_hostname=self.ssl_check_hostname,
+            )
+            for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+                if getattr(self, name) is not None:
+                    kwargs[name] = getattr(self, name)
+        return kwargs
+
+    @property
+    def uses_tls(self) -> bool:
+        """Tell whether connections are encrypted."""
+        return self.ssl or (self.url or "").startswith("rediss://")
+
+    def describe_target(self) -> str:
+        """Return where Redis is, for error messages, without credentials."""
+        if self.url is None:
+            scheme = "rediss" if self.ssl else "redis"
+            return f"{scheme}://{self.host}:{self.port}/{self.db} (OPTIONS HOST/PORT/DB)"
+        parts = urlsplit(self.url)
+        if parts.scheme == "unix":
+            return f"unix://{parts.path} (OPTIONS['URL'])"
+        host = parts.hostname or "localhost"
+        port = parts.port or 6379
+        return f"{parts.scheme}://{host}:{port}{parts.path or ''} (OPTIONS['URL'])"
+
+
+# name -> (expected python types, description used in hints)
+_SPEC: dict[str, tuple[tuple[type, ...], str]] = {
+    "URL": ((str,), "a redis://, rediss:// or unix:// URL"),
+    "HOST": ((str,), "a host name"),
+    "PORT": ((int,), "a TCP port between 1 and 65535"),
+    "DB": ((int,), "a database number >= 0"),
+    "USERNAME": ((str,), "a user name"),
+    "PASSWORD": ((str,), "a password"),
+    "SSL": ((bool,), "True or False"),
+    "SSL_CERT_REQS": ((str,), "one of " + ", ".join(SSL_CERT_REQS)),
+    "SSL_CA_CERTS": ((str,), "a path to a CA bundle"),
+    "SSL_CERTFILE": ((str,), "a path to a client certificate"),
+    "SSL_KEYFILE": ((str,), "a path to a client key"),
+    "SSL_CHECK_HOSTNAME": ((bool,), "True or False"),
+    "KEY_PREFIX": ((str,), "1-64 characters from A-Z a-z 0-9 _ . : -"),
+    "RESULT_TTL": ((int,), "seconds > 0 to keep successful results"),
+    "FAILED_RESULT_TTL": ((int,), "seconds > 0 to keep failed results"),
+    "CONNECT_TIMEOUT": ((int, float), "seconds > 0"),
+    "SOCKET_TIMEOUT": ((int, float), "seconds > 0"),
+    "MAX_CONNECTIONS": ((int,), "a pool size >= 1"),
+    "MAX_PAYLOAD_BYTES": ((int,), "bytes > 0 allowed for a task's encoded arguments"),
+    "ENQUEUE_ON_COMMIT": ((bool,), "True or False"),
+}
+_CONNECTION_PARTS = ("HOST", "PORT", "DB", "USERNAME", "PASSWORD")
+
+
+def _bad_value(name: str, value: Any) -> str | None:
+    """Return why a correctly typed value is out of range, or None."""
+    positive = {"RESULT_TTL", "FAILED_RESULT_TTL", "CONNECT_TIMEOUT", "SOCKET_TIMEOUT"}
+    if name in positive and value <= 0:
+        return f"{name} must be greater than 0, not {value!r}."
+    if name in {"MAX_CONNECTIONS", "MAX_PAYLOAD_BYTES"} and value < 1:
+        return f"{name} must be at least 1, not {value!r}."
+    if name == "PORT" and not 1 <= value <= 65535:
+        return f"PORT must be between 1 and 65535, not {value!r}."
+    if name == "DB" and value < 0:
+        return f"DB must be 0 or more, not {value!r}."
+    if name == "SSL_CERT_REQS" and value not in SSL_CERT_REQS:
+        return f"SSL_CERT_REQS must be one of {', '.join(SSL_CERT_REQS)}, not {value!r}."
+    if name == "KEY_PREFIX" and not _PREFIX_RE.match(value):
+        return f"KEY_PREFIX {value!r} has characters that cannot be used in a key prefix."
+    if name == "URL":
+        return _bad_url(value)
+    return None
+
+
+def _bad_url(url: str) -> str | None:
+    """Return why a Redis URL is unusable, or None."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"URL is malformed: {exc}."
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return f"URL must start with redis://, rediss:// or unix://, not {parts.scheme!r}://."
+    if parts.scheme == "unix":
+        return None if parts.path else "URL unix:// needs a socket path."
+    if not parts.hostname:
+        return "URL has no host."
+    if port is not None and not 1 <= port <= 65535:
+        return f"URL port {port} is out of range."
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        return f"URL database {db!r} is not a number."
+    return None
+
+
+def parse_options(raw: Any) -> tuple[Options, list[Problem]]:
+    """Parse OPTIONS; return usable options (defaults where bad) and every problem found."""
+    problems: list[Problem] = []
+    if not isinstance(raw, dict):
+        problems.append(
+            Problem(option="OPTIONS", message="OPTIONS must be a dict.", hint="Use {} or omit it.")
+        )
+        return Options(), problems
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in _SPEC:
+            known = ", ".join(sorted(_SPEC))
+            problems.append(
+                Problem(
+                    option=str(name),
+                    message=f"Unknown option {name!r}.",
+                    hint=f"Known options: {known}.",
+                )
+            )
+            continue
+        types, description = _SPEC[name]
+        if value is None and name in {"USERNAME", "PASSWORD", "SSL_CA_CERTS", "SSL_CERTFILE",
+                                      "SSL_KEYFILE", "URL"}:
+            continue
+        type_ok = isinstance(value, types) and not (bool not in types and isinstance(value, bool))
+        reason = None if type_ok else f"{name} has the wrong type {type(value).__name__}."
+        reason = reason or _bad_value(name, value)
+        if reason is not None:
+            problems.append(Problem(option=name, message=reason, hint=f"Set {name} to {description}."))
+            continue
+        values[name.lower()] = value
+    if "url" in values and any(part in raw for part in _CONNECTION_PARTS):
+        problems.append(
+            Problem(
+                option="URL",
+                message="URL and HOST/PORT/DB/USERNAME/PASSWORD are both set.",
+                hint="Give either URL or the individual settings, not both.",
+            )
+        )
+    if "url" not in values and not any(part in raw for part in _CONNECTION_PARTS) and "URL" not in raw:
+        values["url"] = DEFAULT_URL
+    return Options(**values), problems

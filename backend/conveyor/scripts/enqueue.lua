@@ -1,0 +1,33 @@
+-- enqueue: store a new task and make it ready (or schedule it); idempotent by task id.
+-- KEYS[1] task hash                 KEYS[2] ready zset of the queue
+-- KEYS[3] ready-since zset          KEYS[4] scheduled zset of the queue
+-- KEYS[5] set of known queue names  KEYS[6] sequence counter
+-- KEYS[7] wake list of the queue
+-- ARGV[1] task id   ARGV[2] queue name   ARGV[3] priority (-100..100)
+-- ARGV[4] due time in ms since the epoch, "" for now   ARGV[5] wake list cap
+-- ARGV[6..] field, value pairs of the record
+-- Returns 1 when stored, 0 when a task with this id already exists (a retried call).
+-- Ready score: (100 - priority) * 2^44 + seq, so ZPOPMIN gives the highest priority
+-- first and enqueue order within a priority; scores stay exact doubles below 2^53.
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+local id = ARGV[1]
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('SADD', KEYS[5], ARGV[2])
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[4] ~= '' and tonumber(ARGV[4]) > now_ms then
+  redis.call('ZADD', KEYS[4], ARGV[4], id)
+else
+  local seq = redis.call('INCR', KEYS[6])
+  local score = string.format('%.0f', (100 - tonumber(ARGV[3])) * 17592186044416 + seq)
+  redis.call('ZADD', KEYS[2], score, id)
+  redis.call('ZADD', KEYS[3], now_ms, id)
+  redis.call('HSET', KEYS[1], 'score', score)
+end
+-- Wake an idle worker: for a ready task to claim it, for a scheduled one to
+-- recompute how long it may sleep.
+redis.call('LPUSH', KEYS[7], '1')
+redis.call('LTRIM', KEYS[7], 0, tonumber(ARGV[5]) - 1)
+return 1

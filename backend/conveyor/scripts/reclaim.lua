@@ -1,0 +1,54 @@
+-- reclaim: return tasks whose lease expired (their worker died) to their ready queue,
+-- or fail them once they have been delivered too often (a poison pill).
+-- KEYS[1] task key prefix (the script appends a task id to it)
+-- For queue i = 0..n-1: KEYS[2+4i] running zset, KEYS[3+4i] ready zset,
+--                       KEYS[4+4i] ready-since zset, KEYS[5+4i] wake list
+-- ARGV[1] most tasks per queue   ARGV[2] most deliveries before FAILED
+-- ARGV[3] failed result TTL in seconds   ARGV[4] wake list cap
+-- Returns {requeued, failed}. Each lost attempt appends a WorkerLost error.
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_ms = math.floor(now_us / 1000)
+local nq = (#KEYS - 1) / 4
+local requeued, failed = 0, 0
+for i = 0, nq - 1 do
+  local running, ready, since, wake = KEYS[2 + 4 * i], KEYS[3 + 4 * i], KEYS[4 + 4 * i], KEYS[5 + 4 * i]
+  local expired = redis.call('ZRANGEBYSCORE', running, '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[1]))
+  for _, id in ipairs(expired) do
+    redis.call('ZREM', running, id)
+    local key = KEYS[1] .. id
+    if redis.call('HGET', key, 'status') == 'RUNNING' then
+      local owner = redis.call('HGET', key, 'owner') or 'unknown'
+      local deliveries = tonumber(redis.call('HGET', key, 'deliveries') or '0')
+      local poisoned = deliveries >= tonumber(ARGV[2])
+      local message = 'conveyor.exceptions.WorkerLost: lease expired on worker ' .. owner ..
+        ' (delivery ' .. deliveries .. ')'
+      if poisoned then
+        message = message .. '; giving up after ' .. deliveries .. ' deliveries'
+      end
+      local err = '{"exception_class_path":"conveyor.exceptions.WorkerLost","traceback":"' ..
+        message .. '\\n"}'
+      local errors = redis.call('HGET', key, 'errors')
+      if not errors or errors == '[]' then
+        errors = '[' .. err .. ']'
+      else
+        errors = string.sub(errors, 1, -2) .. ',' .. err .. ']'
+      end
+      redis.call('HDEL', key, 'owner')
+      if poisoned then
+        redis.call('HSET', key, 'status', 'FAILED', 'errors', errors,
+          'finished_at', string.format('%.0f', now_us))
+        redis.call('EXPIRE', key, ARGV[3])
+        failed = failed + 1
+      else
+        redis.call('HSET', key, 'status', 'READY', 'errors', errors)
+        redis.call('ZADD', ready, redis.call('HGET', key, 'score'), id)
+        redis.call('ZADD', since, now_ms, id)
+        redis.call('LPUSH', wake, '1')
+        redis.call('LTRIM', wake, 0, tonumber(ARGV[4]) - 1)
+        requeued = requeued + 1
+      end
+    end
+  end
+end
+return {requeued, failed}

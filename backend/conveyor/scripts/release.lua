@@ -1,0 +1,20 @@
+-- release: give a claimed task back to the front of its place in the ready queue
+-- (shutdown before it finished); the interrupted delivery does not count as poison.
+-- KEYS[1] task hash   KEYS[2] running zset   KEYS[3] ready zset
+-- KEYS[4] ready-since zset   KEYS[5] wake list
+-- ARGV[1] task id   ARGV[2] worker id   ARGV[3] wake list cap
+-- Returns 1 when released, 0 when the lease was already lost.
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then
+  return 0
+end
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], 'status', 'READY')
+redis.call('HDEL', KEYS[1], 'owner')
+redis.call('HINCRBY', KEYS[1], 'deliveries', -1)
+redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[1], 'score'), ARGV[1])
+redis.call('ZADD', KEYS[4], now_ms, ARGV[1])
+redis.call('LPUSH', KEYS[5], '1')
+redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[3]) - 1)
+return 1

@@ -1,0 +1,344 @@
+"""The only module that talks to Redis: one method per state change, scripts loaded once."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from .exceptions import ConveyorError, RedisUnavailable
+from .keys import Keys
+from .options import Options
+
+SCRIPT_NAMES = ("enqueue", "claim", "finish", "retry", "renew", "release", "reclaim", "promote")
+# Idle workers block on a per-queue list; enqueue pushes one token and trims the list
+# so tokens from a busy period cannot pile up.
+WAKE_CAP = 256
+
+
+@cache
+def script_source(name: str) -> str:
+    """Return the text of one bundled Lua script."""
+    return (resources.files("conveyor") / "scripts" / f"{name}.lua").read_text()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueStats:
+    """Counts for one queue, read with a fixed number of commands."""
+
+    queue: str
+    ready: int
+    scheduled: int
+    running: int
+    oldest_ready_ms: int | None  # when the oldest ready task became ready (server ms)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Promotion:
+    """What a promote call did and when the next scheduled task falls due."""
+
+    promoted: int
+    next_due_ms: int | None
+    server_now_ms: int
+
+
+class Store:
+    """Issue conveyor's Redis commands for one backend; connections are made lazily."""
+
+    def __init__(self, options: Options, keys: Keys, *, client_name: str | None = None) -> None:
+        self.options = options
+        self.keys = keys
+        self._client_name = client_name
+        self._client: redis.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, dict[str, Any]]]
+        self._async = weakref.WeakKeyDictionary()
+
+    # -- connections -------------------------------------------------------------
+
+    def _pool_kwargs(self) -> dict[str, Any]:
+        kwargs = self.options.connection_kwargs()
+        # One retry, so a call that timed out is sent again once: every script is
+        # safe to repeat (enqueue is idempotent by task id, the rest are fenced by owner).
+        kwargs["retry"] = Retry(NoBackoff(), 1)
+        if self._client_name:
+            kwargs["client_name"] = self._client_name
+        return kwargs
+
+    @property
+    def client(self) -> redis.Redis:
+        """Return the synchronous client, creating its pool on first use."""
+        if self._client is None:
+            kwargs = self._pool_kwargs()
+            if self.options.url is not None:
+                pool = redis.ConnectionPool.from_url(self.options.url, **kwargs)
+            else:
+                pool = redis.ConnectionPool(**kwargs)
+            client = redis.Redis(connection_pool=pool)
+            self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPT_NAMES}
+            self._client = client
+        return self._client
+
+    def _async_client(self) -> tuple[Any, dict[str, Any]]:
+        """Return the asyncio client of the running loop (clients are bound to their loop)."""
+        loop = asyncio.get_running_loop()
+        entry = self._async.get(loop)
+        if entry is None:
+            kwargs = self._pool_kwargs()
+            if self.options.url is not None:
+                pool = redis.asyncio.ConnectionPool.from_url(self.options.url, **kwargs)
+            else:
+                pool = redis.asyncio.ConnectionPool(**kwargs)
+            client = redis.asyncio.Redis(connection_pool=pool)
+            scripts = {name: client.register_script(script_source(name)) for name in ("enqueue",)}
+            entry = (client, scripts)
+            self._async[loop] = entry
+        return entry
+
+    def script(self, name: str) -> Any:
+        """Return a registered script by name."""
+        _ = self.client
+        return self._scripts[name]
+
+    def close(self) -> None:
+        """Close the synchronous pool."""
+        if self._client is not None:
+            self._client.close()
+            self._client.connection_pool.disconnect()
+            self._client = None
+
+    # -- error translation -------------------------------------------------------
+
+    def _translate(self, exc: RedisError) -> ConveyorError:
+        target = self.options.describe_target()
+        if isinstance(exc, AuthenticationError) or "WRONGPASS" in str(exc) or "NOAUTH" in str(exc):
+            return RedisUnavailable(
+                f"Redis at {target} refused the credentials ({exc}); check USERNAME/PASSWORD "
+                "or the user:password part of URL."
+            )
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+            return RedisUnavailable(f"Redis at {target} is unreachable: {exc}")
+        if isinstance(exc, ResponseError):
+            return ConveyorError(f"Redis at {target} answered with an error: {exc}")
+        return ConveyorError(f"Redis error from {target}: {exc}")
+
+    @contextmanager
+    def _boundary(self) -> Iterator[None]:
+        try:
+            yield
+        except RedisError as exc:
+            raise self._translate(exc) from exc
+        except OSError as exc:
+            raise RedisUnavailable(f"Redis at {self.options.describe_target()}: {exc}") from exc
+
+    @asynccontextmanager
+    async def _aboundary(self) -> Any:
+        try:
+            yield
+        except RedisError as exc:
+            raise self._translate(exc) from exc
+        except OSError as exc:
+            raise RedisUnavailable(f"Redis at {self.options.describe_target()}: {exc}") from exc
+
+    # -- web side ----------------------------------------------------------------
+
+    def _enqueue_call(
+        self, task_id: str, queue: str, priority: int, due_ms: int | None, fields: dict[str, str]
+    ) -> tuple[list[str], list[str]]:
+        k = self.keys
+        keys = [
+            k.task(task_id), k.ready(queue), k.ready_since(queue), k.scheduled(queue),
+            k.queues, k.seq, k.wake(queue),
+        ]
+        args = [task_id, queue, str(priority), "" if due_ms is None else str(due_ms), str(WAKE_CAP)]
+        for name, value in fields.items():
+            args += (name, value)
+        return keys, args
+
+    def enqueue(
+        self, task_id: str, queue: str, priority: int, due_ms: int | None, fields: dict[str, str]
+    ) -> bool:
+        """Store a task atomically in one round trip; False when the id already existed."""
+        keys, args = self._enqueue_call(task_id, queue, priority, due_ms, fields)
+        with self._boundary():
+            return bool(self.script("enqueue")(keys=keys, args=args))
+
+    async def aenqueue(
+        self, task_id: str, queue: str, priority: int, due_ms: int | None, fields: dict[str, str]
+    ) -> bool:
+        """Store a task like enqueue(), on the running event loop."""
+        keys, args = self._enqueue_call(task_id, queue, priority, due_ms, fields)
+        async with self._aboundary():
+            _, scripts = self._async_client()
+            return bool(await scripts["enqueue"](keys=keys, args=args))
+
+    def get(self, task_id: str) -> dict[bytes, bytes]:
+        """Return a task's raw hash (empty when unknown)."""
+        with self._boundary():
+            return self.client.hgetall(self.keys.task(task_id))  # type: ignore[return-value]
+
+    async def aget(self, task_id: str) -> dict[bytes, bytes]:
+        """Return a task's raw hash like get(), on the running event loop."""
+        async with self._aboundary():
+            client, _ = self._async_client()
+            return await client.hgetall(self.keys.task(task_id))  # type: ignore[no-any-return]
+
+    def ping(self) -> bool:
+        """Round-trip to Redis; raise RedisUnavailable when that fails."""
+        with self._boundary():
+            return bool(self.client.ping())
+
+    # -- worker side -------------------------------------------------------------
+
+    def known_queues(self) -> set[str]:
+        """Return every queue name that has ever received a task."""
+        with self._boundary():
+            return {q.decode() for q in self.client.smembers(self.keys.queues)}  # type: ignore[union-attr]
+
+    def claim(
+        self, queues: Sequence[str], worker_id: str, lease_ms: int, count: int
+    ) -> list[tuple[str, dict[bytes, bytes]]]:
+        """Claim up to count ready tasks, best first across queues, under a lease."""
+        if not queues or count < 1:
+            return []
+        keys = [self.keys.task_prefix]
+        for queue in queues:
+            keys += (self.keys.ready(queue), self.keys.ready_since(queue), self.keys.running(queue))
+        with self._boundary():
+            flat = self.script("claim")(keys=keys, args=[worker_id, lease_ms, count])
+        claimed = []
+        for i in range(0, len(flat), 2):
+            values = flat[i + 1]
+            fields = dict(zip(values[::2], values[1::2], strict=True))
+            claimed.append((flat[i].decode(), fields))
+        return claimed
+
+    def finish(
+        self, task_id: str, queue: str, worker_id: str, status: str, ttl: int, fields: dict[str, str]
+    ) -> bool:
+        """Record a final state if the lease is still ours; False when it was lost."""
+        args: list[Any] = [task_id, worker_id, status, ttl]
+        for name, value in fields.items():
+            args += (name, value)
+        with self._boundary():
+            keys = [self.keys.task(task_id), self.keys.running(queue)]
+            return bool(self.script("finish")(keys=keys, args=args))
+
+    def retry(
+        self, task_id: str, queue: str, worker_id: str, backoff_ms: int, fields: dict[str, str]
+    ) -> int | None:
+        """Schedule another attempt after a backoff; return its due time in ms, None if lost."""
+        k = self.keys
+        keys = [k.task(task_id), k.running(queue), k.scheduled(queue), k.wake(queue)]
+        args: list[Any] = [task_id, worker_id, backoff_ms, WAKE_CAP]
+        for name, value in fields.items():
+            args += (name, value)
+        with self._boundary():
+            due = int(self.script("retry")(keys=keys, args=args))
+        return due or None
+
+    def renew(self, leases: Sequence[tuple[str, str]], worker_id: str, lease_ms: int) -> list[bool]:
+        """Renew the leases of (task id, queue) pairs in one round trip; True where still ours."""
+        if not leases:
+            return []
+        script = self.script("renew")
+        with self._boundary():
+            pipe = self.client.pipeline(transaction=False)
+            for task_id, queue in leases:
+                keys = [self.keys.task(task_id), self.keys.running(queue)]
+                script(keys=keys, args=[task_id, worker_id, lease_ms], client=pipe)
+            return [bool(r) for r in pipe.execute()]
+
+    def release(self, task_id: str, queue: str, worker_id: str) -> bool:
+        """Give an unfinished task back to its queue; False when the lease was already lost."""
+        k = self.keys
+        keys = [k.task(task_id), k.running(queue), k.ready(queue), k.ready_since(queue), k.wake(queue)]
+        with self._boundary():
+            return bool(self.script("release")(keys=keys, args=[task_id, worker_id, WAKE_CAP]))
+
+    def reclaim(
+        self, queues: Sequence[str], *, limit: int, max_deliveries: int, failed_ttl: int
+    ) -> tuple[int, int]:
+        """Requeue (or fail, past max_deliveries) tasks whose lease expired; return both counts."""
+        if not queues:
+            return (0, 0)
+        k = self.keys
+        keys = [k.task_prefix]
+        for q in queues:
+            keys += (k.running(q), k.ready(q), k.ready_since(q), k.wake(q))
+        with self._boundary():
+            requeued, failed = self.script("reclaim")(
+                keys=keys, args=[limit, max_deliveries, failed_ttl, WAKE_CAP]
+            )
+        return int(requeued), int(failed)
+
+    def promote(self, queues: Sequence[str], *, limit: int) -> Promotion:
+        """Make due scheduled tasks ready; report the next due time by the server clock."""
+        k = self.keys
+        keys = [k.task_prefix, k.seq]
+        for q in queues:
+            keys += (k.scheduled(q), k.ready(q), k.ready_since(q), k.wake(q))
+        with self._boundary():
+            promoted, next_due, now_ms = self.script("promote")(keys=keys, args=[limit, WAKE_CAP])
+        return Promotion(
+            promoted=int(promoted),
+            next_due_ms=None if int(next_due) < 0 else int(next_due),
+            server_now_ms=int(now_ms),
+        )
+
+    def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
+        """Block until some queue signals new work or the timeout passes; True if woken."""
+        if not queues:
+            return False
+        keys = [self.keys.wake(q) for q in queues]
+        with self._boundary():
+            return self.client.blpop(keys, timeout=max(timeout, 0.001)) is not None
+
+    def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
+        """Read per-queue counts with four commands per queue in one round trip."""
+        k = self.keys
+        with self._boundary():
+            pipe = self.client.pipeline(transaction=False)
+            for q in queues:
+                pipe.zcard(k.ready(q))
+                pipe.zcard(k.scheduled(q))
+                pipe.zcard(k.running(q))
+                pipe.zrange(k.ready_since(q), 0, 0, withscores=True)
+            replies = pipe.execute()
+        stats = []
+        for i, q in enumerate(queues):
+            ready, scheduled, running, oldest = replies[4 * i : 4 * i + 4]
+            stats.append(
+                QueueStats(
+                    queue=q,
+                    ready=int(ready),
+                    scheduled=int(scheduled),
+                    running=int(running),
+                    oldest_ready_ms=int(oldest[0][1]) if oldest else None,
+                )
+            )
+        return stats
+
+    def server_time_ms(self) -> int:
+        """Return the Redis server's clock in ms."""
+        with self._boundary():
+            seconds, micros = self.client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    def call(self, fn: Callable[[redis.Redis], Any]) -> Any:
+        """Run fn with the client inside the error boundary (for tools and tests)."""
+        with self._boundary():
+            return fn(self.client)

