@@ -63,8 +63,10 @@ class RedisBackend(BaseTaskBackend):
         """Validate like Django does, plus conveyor's per-task options."""
         super().validate_task(task)
         if isinstance(task, ConveyorTask):
-            if isinstance(task.max_attempts, bool) or not isinstance(task.max_attempts, int) or (
-                task.max_attempts < 1
+            if (
+                isinstance(task.max_attempts, bool)
+                or not isinstance(task.max_attempts, int)
+                or (task.max_attempts < 1)
             ):
                 raise InvalidTask("max_attempts must be a whole number of at least 1.")
             if task.timeout is not None and (
@@ -140,9 +142,7 @@ class RedisBackend(BaseTaskBackend):
         if self.settings.enqueue_on_commit:
             return await super().aenqueue(task, args, kwargs)
         result, fields = self._prepare(task, args, kwargs)
-        await self.store.aenqueue(
-            result.id, task.queue_name, task.priority, self._due_ms(task), fields
-        )
+        await self.store.aenqueue(result.id, task.queue_name, task.priority, self._due_ms(task), fields)
         await task_enqueued.asend(type(self), task_result=result)
         return result
 
@@ -223,9 +223,7 @@ class RedisBackend(BaseTaskBackend):
                 )
             )
         except ConveyorError as exc:
-            errors.append(
-                checks.Error(f"TASKS[{self.alias!r}]: {exc}", obj=self, id="conveyor.E003")
-            )
+            errors.append(checks.Error(f"TASKS[{self.alias!r}]: {exc}", obj=self, id="conveyor.E003"))
         except Exception as exc:
             errors.append(
                 checks.Error(
@@ -235,5 +233,3 @@ class RedisBackend(BaseTaskBackend):
                 )
             )
         return errors
-
-

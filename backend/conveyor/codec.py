@@ -75,9 +75,7 @@ def encode_payload(args: Any, kwargs: Any, limit: int) -> tuple[str, str]:
         raise TypeError(f"Unsupported value in task arguments: {exc}") from exc
     size = len(args_json.encode()) + len(kwargs_json.encode())
     if size > limit:
-        raise PayloadTooLarge(
-            f"Task arguments are {size} bytes encoded, over MAX_PAYLOAD_BYTES={limit}."
-        )
+        raise PayloadTooLarge(f"Task arguments are {size} bytes encoded, over MAX_PAYLOAD_BYTES={limit}.")
     if json.loads(args_json) != args or json.loads(kwargs_json) != kwargs:
         raise TypeError(
             "Unsupported value in task arguments: dictionary keys must be strings so "
@@ -97,9 +95,7 @@ def encode_return_value(value: Any) -> str:
 
 def encode_errors(errors: list[ErrorRecord] | tuple[ErrorRecord, ...]) -> str:
     """Encode the list of errors of a task."""
-    return dumps(
-        [{"exception_class_path": e.exception_class_path, "traceback": e.traceback} for e in errors]
-    )
+    return dumps([{"exception_class_path": e.exception_class_path, "traceback": e.traceback} for e in errors])
 
 
 def new_record(

@@ -175,8 +175,14 @@ def parse_options(raw: Any) -> tuple[Options, list[Problem]]:
             )
             continue
         types, description = _SPEC[name]
-        if value is None and name in {"USERNAME", "PASSWORD", "SSL_CA_CERTS", "SSL_CERTFILE",
-                                      "SSL_KEYFILE", "URL"}:
+        if value is None and name in {
+            "USERNAME",
+            "PASSWORD",
+            "SSL_CA_CERTS",
+            "SSL_CERTFILE",
+            "SSL_KEYFILE",
+            "URL",
+        }:
             continue
         type_ok = isinstance(value, types) and not (bool not in types and isinstance(value, bool))
         reason = None if type_ok else f"{name} has the wrong type {type(value).__name__}."

@@ -160,8 +160,13 @@ class Store:
     ) -> tuple[list[str], list[str]]:
         k = self.keys
         keys = [
-            k.task(task_id), k.ready(queue), k.ready_since(queue), k.scheduled(queue),
-            k.queues, k.seq, k.wake(queue),
+            k.task(task_id),
+            k.ready(queue),
+            k.ready_since(queue),
+            k.scheduled(queue),
+            k.queues,
+            k.seq,
+            k.wake(queue),
         ]
         args = [task_id, queue, str(priority), "" if due_ms is None else str(due_ms), str(WAKE_CAP)]
         for name, value in fields.items():
