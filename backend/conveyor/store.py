@@ -47,6 +47,15 @@ class QueueStats:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Claimed:
+    """A task this worker now holds the lease on, with its raw record."""
+
+    task_id: str
+    queue: str
+    fields: dict[bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Promotion:
     """What a promote call did and when the next scheduled task falls due."""
 
@@ -215,7 +224,7 @@ class Store:
 
     def claim(
         self, queues: Sequence[str], worker_id: str, lease_ms: int, count: int
-    ) -> list[tuple[str, dict[bytes, bytes]]]:
+    ) -> list[Claimed]:
         """Claim up to count ready tasks, best first across queues, under a lease."""
         if not queues or count < 1:
             return []
@@ -225,10 +234,10 @@ class Store:
         with self._boundary():
             flat = self.script("claim")(keys=keys, args=[worker_id, lease_ms, count])
         claimed = []
-        for i in range(0, len(flat), 2):
-            values = flat[i + 1]
+        for i in range(0, len(flat), 3):
+            values = flat[i + 2]
             fields = dict(zip(values[::2], values[1::2], strict=True))
-            claimed.append((flat[i].decode(), fields))
+            claimed.append(Claimed(task_id=flat[i].decode(), queue=queues[int(flat[i + 1])], fields=fields))
         return claimed
 
     def finish(

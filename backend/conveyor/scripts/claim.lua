@@ -5,7 +5,7 @@
 --                       KEYS[4+3i] running zset (score = lease deadline in ms)
 -- ARGV[1] worker id ([A-Za-z0-9._:-] only)   ARGV[2] lease length in ms
 -- ARGV[3] most tasks to claim
--- Returns a flat array {id1, {field, value, ...}, id2, {...}, ...}.
+-- Returns a flat array {id1, queue index1 (0-based), {field, value, ...}, id2, ...}.
 -- Bounded: at most 2N+8 pops, each looking at one head per queue.
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -46,6 +46,7 @@ while claimed < limit and pops < limit * 2 + 8 do
       'last_attempted_at', now_text, 'worker_ids', ids, 'owner', worker)
     redis.call('HINCRBY', key, 'deliveries', 1)
     out[#out + 1] = id
+    out[#out + 1] = best
     out[#out + 1] = redis.call('HGETALL', key)
     claimed = claimed + 1
   end
