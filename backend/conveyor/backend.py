@@ -176,7 +176,12 @@ class RedisBackend(BaseTaskBackend):
             changes["run_after"] = record.run_after
         if task.backend != record.backend:
             changes["backend"] = record.backend
-        return replace(task, **changes) if changes else task
+        if not changes:
+            return task
+        try:
+            return replace(task, **changes)  # replace() validates against the named backend
+        except (InvalidTask, InvalidTaskBackend) as exc:
+            raise TaskResultDoesNotExist(f"{record.id}: stored task is no longer valid ({exc})") from exc
 
     @staticmethod
     def _check_id(result_id: Any) -> None:
