@@ -1,0 +1,1 @@
+"""conveyor_worker: the process that claims, runs and records conveyor tasks."""

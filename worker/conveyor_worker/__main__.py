@@ -1,0 +1,155 @@
+"""Composition root: settings -> Django -> logging -> store -> worker -> probes -> run."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+from .settings import WorkerSettings, fail, load_or_exit
+
+logger = logging.getLogger("conveyor_worker")
+
+
+def default_allowed_modules() -> tuple[str, ...]:
+    """Return the project's INSTALLED_APPS modules, less Django's own."""
+    from django.apps import apps
+
+    names = [cfg.name for cfg in apps.get_app_configs() if not cfg.name.startswith("django.")]
+    return tuple(names)
+
+
+def _setup_django(settings: WorkerSettings) -> object:
+    if not os.environ.get("DJANGO_SETTINGS_MODULE"):
+        fail("DJANGO_SETTINGS_MODULE is not set; point it at your project's settings module")
+    import django
+    from django.tasks import task_backends
+    from django.tasks.exceptions import InvalidTaskBackend
+
+    try:
+        django.setup()
+    except Exception as exc:
+        fail(f"DJANGO_SETTINGS_MODULE={os.environ['DJANGO_SETTINGS_MODULE']} failed to load: {exc}")
+    from conveyor.backend import RedisBackend
+
+    try:
+        backend = task_backends[settings.backend]
+    except InvalidTaskBackend as exc:
+        fail(f"CONVEYOR_BACKEND (--backend) {settings.backend!r}: {exc}")
+    if not isinstance(backend, RedisBackend):
+        fail(f"CONVEYOR_BACKEND (--backend) {settings.backend!r} is not a conveyor.RedisBackend")
+    if backend.problems:
+        fail(
+            "; ".join(
+                f"TASKS[{settings.backend!r}] OPTIONS {p.option}: {p.message}" for p in backend.problems
+            )
+        )
+    return backend
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the worker process; return its exit code."""
+    settings = load_or_exit(sys.argv[1:] if argv is None else argv, os.environ)
+    backend = _setup_django(settings)
+
+    from conveyor.backend import RedisBackend
+    from conveyor.store import Store
+
+    from .logs import configure_logging
+    from .loop import State, Worker
+    from .metrics import Metrics
+    from .podcost import PodDeletionCost
+    from .probes import Probes
+
+    assert isinstance(backend, RedisBackend)
+    configure_logging(settings.log_format, settings.log_level)
+    allowed = settings.allowed_task_modules or default_allowed_modules()
+    if not allowed:
+        fail(
+            "CONVEYOR_ALLOWED_TASK_MODULES (--allowed-task-modules) is empty and INSTALLED_APPS "
+            "has no project app to default to"
+        )
+    pool_size = max(backend.settings.max_connections, settings.concurrency + 8)
+    store = Store(
+        dataclasses.replace(backend.settings, max_connections=pool_size),
+        backend.keys,
+        client_name=f"conveyor-worker:{settings.worker_id}",
+    )
+    metrics = Metrics(settings.concurrency)
+    pod_cost = PodDeletionCost.from_environment() if settings.pod_deletion_cost else None
+    worker = Worker(
+        settings, backend, store, allowed, metrics, on_busy_change=pod_cost.update if pod_cost else None
+    )
+    if settings.metrics_only:
+        worker.state = State.READY
+        worker.redis_ok = True
+
+    def queues() -> list[str]:
+        return settings.queues.resolve(store.known_queues())
+
+    probes = Probes(
+        store=store,
+        metrics=metrics,
+        queues=queues,
+        alive=worker.alive,
+        ready=lambda: worker.ready or (settings.metrics_only and worker.state is State.READY),
+    )
+    port = probes.start(settings.health_host, settings.health_port) if settings.health_port else None
+
+    signals_seen = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        signals_seen.append(signum)
+        if len(signals_seen) == 1:
+            worker.request_stop()
+            return
+        logger.warning(
+            "second signal: stopping now; running tasks come back when their leases expire",
+            extra={"event": "worker_stopped", "worker_id": settings.worker_id, "exit_code": 128 + signum},
+        )
+        logging.shutdown()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    logger.info(
+        "worker started",
+        extra={
+            "event": "worker_started",
+            "worker_id": settings.worker_id,
+            "concurrency": settings.concurrency,
+            "queues": ",".join(settings.queues.names) or "*",
+            "health_port": port,
+            "state": "metrics-only" if settings.metrics_only else "ready",
+        },
+    )
+    if settings.metrics_only:
+        stopped = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+        signal.signal(signal.SIGINT, lambda *_: stopped.set())
+        while not stopped.wait(1.0):
+            worker.loop_beat = worker.watch_beat = time.monotonic()
+        code = 0
+    else:
+        code = worker.run()
+    probes.stop()
+    if pod_cost:
+        pod_cost.stop()
+    logger.info(
+        "worker stopped",
+        extra={"event": "worker_stopped", "worker_id": settings.worker_id, "exit_code": code},
+    )
+    logging.shutdown()
+    if threading.active_count() > 1 and worker.busy:
+        os._exit(code)  # tasks still stuck in threads: they were released; do not wait for them
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

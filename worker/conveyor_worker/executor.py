@@ -1,0 +1,266 @@
+"""Run one claimed task the way Django's ImmediateBackend does; outcomes go to a recorder, not Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from asgiref.sync import sync_to_async
+from conveyor import codec
+from conveyor.backend import RedisBackend
+from conveyor.exceptions import CorruptRecord, RejectedTask, TaskTimeout
+from conveyor.store import Claimed
+from django.db import close_old_connections
+from django.tasks.base import Task, TaskContext, TaskError, TaskResult, TaskResultStatus
+from django.tasks.exceptions import TaskResultDoesNotExist
+from django.tasks.signals import task_finished, task_started
+
+Kind = Literal["succeeded", "failed", "retry", "rejected"]
+
+
+@dataclass(slots=True, kw_only=True)
+class Attempt:
+    """One delivery of a task to this worker, from claim to its recorded outcome."""
+
+    task_id: str
+    queue: str
+    result: TaskResult | None = None  # None when the record was rejected before running
+    rejection: str | None = None
+    timeout: float | None = None
+    started: float = field(default_factory=time.monotonic)
+    thread_id: int | None = None
+    lease_lost: bool = False
+    _finalized: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def deadline(self) -> float | None:
+        """Return the monotonic time at which the attempt times out, if it has a timeout."""
+        return None if self.timeout is None else self.started + self.timeout
+
+    @property
+    def is_async(self) -> bool:
+        """Tell whether the task function is a coroutine function."""
+        return self.result is not None and asyncio.iscoroutinefunction(self.result.task.func)
+
+    @property
+    def finalized(self) -> bool:
+        """Tell whether an outcome was already recorded."""
+        return self._finalized
+
+    def finalize(self) -> bool:
+        """Claim the right to record the outcome; False if someone (the watchdog) already did."""
+        with self._lock:
+            if self._finalized:
+                return False
+            self._finalized = True
+            return True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verdict:
+    """What to store for an attempt."""
+
+    kind: Kind
+    finished_at: datetime | None = None
+    return_json: str | None = None
+    errors: tuple[TaskError, ...] = ()
+    retry_delay: float = 0.0
+    duration: float = 0.0
+
+
+# The recorder stores a verdict and returns False when the lease was lost meanwhile.
+Recorder = Callable[[Attempt, Verdict], bool]
+
+
+def backoff_seconds(task: Task, failures: int) -> float:
+    """Return the jittered exponential delay before the next attempt."""
+    base = float(getattr(task, "retry_backoff", 1.0))
+    cap = float(getattr(task, "retry_backoff_max", 300.0))
+    delay = min(cap, base * 2 ** max(0, failures - 1))
+    return delay / 2 + random.uniform(0, delay / 2)
+
+
+def error_for(exc: BaseException) -> TaskError:
+    """Return Django's TaskError for an exception."""
+    cls = type(exc)
+    return TaskError(
+        exception_class_path=f"{cls.__module__}.{cls.__qualname__}",
+        traceback="".join(traceback.format_exception(exc)),
+    )
+
+
+class Executor:
+    """Turn claimed records into attempts and run them with Django's semantics."""
+
+    def __init__(self, backend: RedisBackend, allowed_modules: tuple[str, ...], record: Recorder) -> None:
+        self.backend = backend
+        self.sender = type(backend)
+        self.allowed_modules = allowed_modules
+        self.record = record
+
+    # -- preparing ---------------------------------------------------------------
+
+    def allowed(self, path: str) -> bool:
+        """Tell whether a task path falls under an allowed module prefix."""
+        return any(path == m or path.startswith(m + ".") for m in self.allowed_modules)
+
+    def prepare(self, claimed: Claimed) -> Attempt:
+        """Check a claimed record before anything is imported; return a runnable or rejected attempt."""
+        attempt = Attempt(task_id=claimed.task_id, queue=claimed.queue)
+        size = len(claimed.fields.get(b"args", b"")) + len(claimed.fields.get(b"kwargs", b""))
+        limit = self.backend.settings.max_payload_bytes
+        try:
+            if size > limit:
+                raise RejectedTask(f"payload of {size} bytes exceeds MAX_PAYLOAD_BYTES={limit}")
+            record = codec.decode(claimed.task_id, claimed.fields)
+            if not self.allowed(record.task_path):
+                raise RejectedTask(
+                    f"task path {record.task_path!r} is not under an allowed module "
+                    f"({', '.join(self.allowed_modules)}); nothing was imported"
+                )
+            try:
+                task = self.backend.resolve_task(record)
+            except TaskResultDoesNotExist as exc:
+                raise RejectedTask(str(exc)) from exc
+        except (CorruptRecord, RejectedTask) as exc:
+            attempt.rejection = str(exc)
+            return attempt
+        attempt.result = codec.to_task_result(record, task)
+        attempt.timeout = getattr(task, "timeout", None)
+        return attempt
+
+    def reject(self, attempt: Attempt) -> None:
+        """Record a rejected attempt as FAILED with its reason; nothing runs."""
+        if not attempt.finalize():
+            return
+        error = TaskError(
+            exception_class_path="conveyor.exceptions.RejectedTask",
+            traceback=f"conveyor.exceptions.RejectedTask: {attempt.rejection}\n",
+        )
+        errors = (*tuple(attempt.result.errors), error) if attempt.result else (error,)
+        self.record(attempt, Verdict(kind="rejected", finished_at=datetime.now(UTC), errors=errors))
+
+    # -- running -----------------------------------------------------------------
+
+    def _args(self, result: TaskResult) -> tuple[list[Any], dict[str, Any]]:
+        args = list(result.args)
+        if result.task.takes_context:
+            args.insert(0, TaskContext(task_result=result))
+        return args, result.kwargs
+
+    def run_sync(self, attempt: Attempt) -> None:
+        """Run a synchronous task in the calling thread."""
+        result = attempt.result
+        assert result is not None
+        attempt.thread_id = threading.get_ident()
+        task_started.send(sender=self.sender, task_result=result)
+        close_old_connections()
+        try:
+            args, kwargs = self._args(result)
+            raw = result.task.call(*args, **kwargs)
+            value, text = codec.encode_return_value(raw)
+        except BaseException as exc:
+            self._failed(attempt, exc)
+        else:
+            self._succeeded(attempt, value, text)
+        finally:
+            close_old_connections()
+
+    async def run_async(self, attempt: Attempt) -> None:
+        """Run a coroutine task on the running event loop."""
+        result = attempt.result
+        assert result is not None
+        task_started.send(sender=self.sender, task_result=result)
+        await sync_to_async(close_old_connections)()
+        try:
+            args, kwargs = self._args(result)
+            raw = await self._await_with_timeout(attempt, result.task.acall(*args, **kwargs))
+            value, text = codec.encode_return_value(raw)
+        except BaseException as exc:
+            self._failed(attempt, exc)
+        else:
+            self._succeeded(attempt, value, text)
+        finally:
+            await sync_to_async(close_old_connections)()
+
+    @staticmethod
+    async def _await_with_timeout(attempt: Attempt, coro: Any) -> Any:
+        if attempt.timeout is None:
+            return await coro
+        try:
+            async with asyncio.timeout(attempt.timeout):
+                return await coro
+        except TimeoutError as exc:
+            if time.monotonic() >= (attempt.deadline or 0):
+                raise TaskTimeout(f"Task exceeded its timeout of {attempt.timeout:g}s") from exc
+            raise
+
+    def time_out(self, attempt: Attempt) -> bool:
+        """Fail a sync attempt that overran its timeout, from the watchdog; False if it had finished."""
+        if attempt.finalized:
+            return False
+        where = ""
+        frame = sys._current_frames().get(attempt.thread_id or -1)
+        if frame is not None:
+            where = "\nIt was running:\n" + "".join(traceback.format_stack(frame))
+        try:
+            raise TaskTimeout(f"Task exceeded its timeout of {attempt.timeout:g}s{where}")
+        except TaskTimeout as exc:
+            return self._failed(attempt, exc)
+
+    def _succeeded(self, attempt: Attempt, value: Any, text: str) -> None:
+        if not attempt.finalize():
+            return
+        result = attempt.result
+        assert result is not None
+        finished = self._finish_time(result)
+        object.__setattr__(result, "_return_value", value)
+        object.__setattr__(result, "finished_at", finished)
+        object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
+        verdict = Verdict(
+            kind="succeeded",
+            finished_at=finished,
+            return_json=text,
+            duration=time.monotonic() - attempt.started,
+        )
+        if self.record(attempt, verdict):
+            task_finished.send(self.sender, task_result=result)
+
+    def _failed(self, attempt: Attempt, exc: BaseException) -> bool:
+        """Record a failed attempt; call only inside an except block (receivers read exc_info)."""
+        if not attempt.finalize():
+            return False
+        result = attempt.result
+        assert result is not None
+        result.errors.append(error_for(exc))
+        duration = time.monotonic() - attempt.started
+        task = result.task
+        if result.attempts < int(getattr(task, "max_attempts", 1)):
+            object.__setattr__(result, "status", TaskResultStatus.READY)
+            delay = backoff_seconds(task, result.attempts)
+            self.record(
+                attempt,
+                Verdict(kind="retry", errors=tuple(result.errors), retry_delay=delay, duration=duration),
+            )
+            return True
+        finished = self._finish_time(result)
+        object.__setattr__(result, "finished_at", finished)
+        object.__setattr__(result, "status", TaskResultStatus.FAILED)
+        verdict = Verdict(kind="failed", finished_at=finished, errors=tuple(result.errors), duration=duration)
+        if self.record(attempt, verdict):
+            task_finished.send(self.sender, task_result=result)
+        return True
+
+    @staticmethod
+    def _finish_time(result: TaskResult) -> datetime:
+        now = datetime.now(UTC)
+        return max(now, result.started_at) if result.started_at else now

@@ -1,0 +1,111 @@
+"""In-process counters and a duration histogram, rendered in Prometheus text format."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Iterable
+
+from conveyor.store import QueueStats
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+COUNTERS = {
+    "started": "Task attempts started.",
+    "succeeded": "Tasks that finished SUCCESSFUL.",
+    "failed": "Tasks that finished FAILED (after their last attempt).",
+    "retried": "Failed attempts scheduled to run again.",
+}
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class Metrics:
+    """Thread-safe task counters, a duration histogram per queue and slot gauges."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = defaultdict(int)
+        self._buckets: dict[str, list[int]] = {}
+        self._sums: dict[str, float] = defaultdict(float)
+        self._busy = 0
+
+    def count(self, name: str, queue: str) -> None:
+        """Add one to a counter for a queue."""
+        with self._lock:
+            self._counts[(name, queue)] += 1
+
+    def observe(self, queue: str, seconds: float) -> None:
+        """Record one task duration."""
+        with self._lock:
+            buckets = self._buckets.setdefault(queue, [0] * (len(BUCKETS) + 1))
+            for i, bound in enumerate(BUCKETS):
+                if seconds <= bound:
+                    buckets[i] += 1
+            buckets[-1] += 1
+            self._sums[queue] += seconds
+
+    def set_busy(self, busy: int) -> None:
+        """Set how many slots run a task now."""
+        with self._lock:
+            self._busy = busy
+
+    def value(self, name: str, queue: str) -> int:
+        """Return a counter's value (for tests and logs)."""
+        with self._lock:
+            return self._counts[(name, queue)]
+
+    def render(self, stats: Iterable[QueueStats] | None, server_now_ms: int | None, up: bool) -> str:
+        """Return the Prometheus exposition text."""
+        out: list[str] = []
+
+        def family(name: str, kind: str, help_text: str) -> None:
+            out.append(f"# HELP conveyor_{name} {help_text}")
+            out.append(f"# TYPE conveyor_{name} {kind}")
+
+        family("worker_up", "gauge", "1 when this process can reach Redis.")
+        out.append(f"conveyor_worker_up {int(up)}")
+        if stats is not None:
+            stats = list(stats)
+            gauges = (
+                ("queue_ready", "Tasks ready to run.", "ready"),
+                ("queue_scheduled", "Tasks waiting for run_after or a retry backoff.", "scheduled"),
+                ("queue_running", "Tasks claimed by a worker (in flight).", "running"),
+            )
+            for name, help_text, attr in gauges:
+                family(name, "gauge", help_text)
+                for s in stats:
+                    out.append(f'conveyor_{name}{{queue="{_label(s.queue)}"}} {getattr(s, attr)}')
+            family("queue_oldest_ready_age_seconds", "gauge", "Age of the oldest ready task.")
+            for s in stats:
+                age = 0.0
+                if s.oldest_ready_ms is not None and server_now_ms is not None:
+                    age = max(0.0, (server_now_ms - s.oldest_ready_ms) / 1000)
+                out.append(f'conveyor_queue_oldest_ready_age_seconds{{queue="{_label(s.queue)}"}} {age:.3f}')
+        with self._lock:
+            counts = dict(self._counts)
+            buckets = {q: list(b) for q, b in self._buckets.items()}
+            sums = dict(self._sums)
+            busy = self._busy
+        for name, help_text in COUNTERS.items():
+            family(f"tasks_{name}_total", "counter", help_text)
+            for (counter, queue), value in sorted(counts.items()):
+                if counter == name:
+                    out.append(f'conveyor_tasks_{name}_total{{queue="{_label(queue)}"}} {value}')
+        family("task_duration_seconds", "histogram", "Time a task attempt ran.")
+        for queue, counts_by_bucket in sorted(buckets.items()):
+            q = _label(queue)
+            for bound, n in zip(BUCKETS, counts_by_bucket, strict=False):
+                out.append(f'conveyor_task_duration_seconds_bucket{{queue="{q}",le="{bound}"}} {n}')
+            out.append(
+                f'conveyor_task_duration_seconds_bucket{{queue="{q}",le="+Inf"}} {counts_by_bucket[-1]}'
+            )
+            out.append(f'conveyor_task_duration_seconds_sum{{queue="{q}"}} {sums[queue]:.6f}')
+            out.append(f'conveyor_task_duration_seconds_count{{queue="{q}"}} {counts_by_bucket[-1]}')
+        family("worker_busy_slots", "gauge", "Slots running a task now.")
+        out.append(f"conveyor_worker_busy_slots {busy}")
+        family("worker_slots", "gauge", "Tasks this process runs at once.")
+        out.append(f"conveyor_worker_slots {self.slots}")
+        return "\n".join(out) + "\n"
