@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+from redis.connection import parse_url
 
 DEFAULT_URL = "redis://localhost:6379/0"
 SSL_CERT_REQS = ("required", "optional", "none")
@@ -116,8 +119,8 @@ _CONNECTION_PARTS = ("HOST", "PORT", "DB", "USERNAME", "PASSWORD")
 def _bad_value(name: str, value: Any) -> str | None:
     """Return why a correctly typed value is out of range, or None."""
     positive = {"RESULT_TTL", "FAILED_RESULT_TTL", "CONNECT_TIMEOUT", "SOCKET_TIMEOUT"}
-    if name in positive and value <= 0:
-        return f"{name} must be greater than 0, not {value!r}."
+    if name in positive and not 0 < value < math.inf:  # also refuses NaN, which compares False
+        return f"{name} must be a finite number greater than 0, not {value!r}."
     if name in {"MAX_CONNECTIONS", "MAX_PAYLOAD_BYTES"} and value < 1:
         return f"{name} must be at least 1, not {value!r}."
     if name == "PORT" and not 1 <= value <= 65535:
@@ -142,6 +145,10 @@ def _bad_url(url: str) -> str | None:
         return f"URL is malformed: {exc}."
     if parts.scheme not in ("redis", "rediss", "unix"):
         return f"URL must start with redis://, rediss:// or unix://, not {parts.scheme!r}://."
+    try:
+        parse_url(url)  # redis-py's own parser refuses bad query values such as ?db=x
+    except ValueError as exc:
+        return f"URL is malformed: {exc}"
     if parts.scheme == "unix":
         return None if parts.path else "URL unix:// needs a socket path."
     if not parts.hostname:
