@@ -1,0 +1,272 @@
+"""codec: exact timestamps, payload encoding limits, and CorruptRecord for anything unreadable."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from conveyor import codec
+from conveyor.exceptions import CorruptRecord, PayloadTooLarge
+from django.tasks import TaskResultStatus
+
+from tests import tasks
+
+ENQUEUED_AT = datetime(2026, 5, 17, 8, 30, 15, 123456, tzinfo=UTC)
+
+
+def record_fields(**overrides: Any) -> dict[bytes, bytes]:
+    """Return a fresh record's hash as Redis hands it back (bytes), with some fields replaced or dropped."""
+    fields: dict[str, Any] = codec.new_record(
+        task_path="tests.tasks.noop_task",
+        queue="default",
+        priority=5,
+        backend="default",
+        run_after=None,
+        args_json="[1]",
+        kwargs_json='{"a":"b"}',
+        enqueued_at=ENQUEUED_AT,
+    )
+    fields.update(overrides)
+    return {
+        k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items() if v is not None
+    }
+
+
+# -- timestamps -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        codec.EPOCH,
+        ENQUEUED_AT,
+        datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 3, 29, 1, 59, 59, 1, tzinfo=timezone(timedelta(hours=5, minutes=45))),
+        datetime(2026, 10, 25, 2, 30, 0, 7, tzinfo=timezone(timedelta(hours=-9, minutes=-30))),
+    ],
+)
+def test_micros_round_trip_is_exact(moment: datetime) -> None:
+    """Turn an aware datetime into epoch microseconds and back without losing a microsecond."""
+    back = codec.from_micros(codec.to_micros(moment))
+
+    assert back == moment
+    assert back.tzinfo is UTC
+    assert back.microsecond == moment.astimezone(UTC).microsecond
+
+
+def test_micros_round_trip_on_many_random_moments() -> None:
+    """Round-trip a thousand random microsecond-precise moments exactly (no float arithmetic)."""
+    rng = random.Random(7)
+    for _ in range(1000):
+        micros = rng.randint(-(10**16), 10**17)
+        assert codec.to_micros(codec.from_micros(micros)) == micros
+
+
+def test_micros_are_integers_since_the_epoch() -> None:
+    """Count whole microseconds since 1970-01-01T00:00:00Z."""
+    assert codec.to_micros(codec.EPOCH + timedelta(seconds=1, microseconds=1)) == 1_000_001
+    assert codec.to_micros(codec.EPOCH - timedelta(microseconds=1)) == -1
+
+
+def test_naive_datetime_is_read_as_local_time() -> None:
+    """Read a naive datetime as local time, the way datetime.astimezone() does."""
+    naive = datetime(2026, 1, 2, 3, 4, 5, 678901)
+
+    assert codec.to_micros(naive) == codec.to_micros(naive.astimezone())
+
+
+# -- payloads -------------------------------------------------------------------
+
+
+def test_payload_is_compact_utf8_json() -> None:
+    """Encode args and kwargs as compact JSON that keeps non-ASCII text as UTF-8."""
+    args_json, kwargs_json = codec.encode_payload([1, "é", None], {"k": [True, 2.5]}, 1000)
+
+    assert args_json == '[1,"é",null]'
+    assert kwargs_json == '{"k":[true,2.5]}'
+
+
+def test_payload_limit_counts_encoded_bytes() -> None:
+    """Allow exactly MAX_PAYLOAD_BYTES of UTF-8 and refuse one byte more."""
+    args = ["é" * 10]
+    exact = 24 + 2  # '["éé…"]' is 20 bytes of text plus 4, and '{}' is 2
+
+    codec.encode_payload(args, {}, exact)
+    with pytest.raises(PayloadTooLarge, match=f"{exact} bytes encoded, over MAX_PAYLOAD_BYTES={exact - 1}"):
+        codec.encode_payload(args, {}, exact - 1)
+
+
+def test_payload_too_large_is_a_value_error() -> None:
+    """Let callers that catch ValueError catch PayloadTooLarge too."""
+    with pytest.raises(ValueError, match="MAX_PAYLOAD_BYTES"):
+        codec.encode_payload(["x" * 100], {}, 10)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ([math.nan], {}),
+        ([], {"x": math.inf}),
+        ([[-math.inf]], {}),
+        ([{1: "a"}], {}),
+        ([], {"nested": {"ok": {2: "b"}}}),
+        ([{True: 1}], {}),
+        ([{None: 1}], {}),
+        ([{1.5: 1}], {}),
+    ],
+    ids=["nan", "inf", "nested-inf", "int-key", "nested-int-key", "bool-key", "none-key", "float-key"],
+)
+def test_values_json_cannot_round_trip_are_refused(args: list[Any], kwargs: dict[str, Any]) -> None:
+    """Refuse NaN, infinities and non-string dict keys with TypeError instead of storing something else."""
+    with pytest.raises(TypeError, match="Unsupported value in task arguments"):
+        codec.encode_payload(args, kwargs, 10_000)
+
+
+# -- records --------------------------------------------------------------------
+
+
+def test_new_record_holds_only_strings() -> None:
+    """Write every field as a string and leave worker-written fields out."""
+    run_after = ENQUEUED_AT + timedelta(hours=1)
+
+    fields = codec.new_record(
+        task_path="tests.tasks.noop_task",
+        queue="q",
+        priority=-3,
+        backend="default",
+        run_after=run_after,
+        args_json="[]",
+        kwargs_json="{}",
+        enqueued_at=ENQUEUED_AT,
+    )
+
+    assert all(isinstance(v, str) for v in fields.values())
+    assert fields["v"] == codec.VERSION
+    assert fields["priority"] == "-3"
+    assert fields["status"] == "READY"
+    assert fields["run_after"] == str(codec.to_micros(run_after))
+    assert not {"started_at", "finished_at", "worker_ids", "errors", "result", "deliveries"} & set(fields)
+
+
+def test_decode_a_fresh_record() -> None:
+    """Decode a just-enqueued record, supplying defaults for what no worker has written yet."""
+    record = codec.decode("abc", record_fields())
+
+    assert record.id == "abc"
+    assert (record.task_path, record.queue, record.priority, record.backend) == (
+        "tests.tasks.noop_task",
+        "default",
+        5,
+        "default",
+    )
+    assert (record.args, record.kwargs) == ([1], {"a": "b"})
+    assert record.status == "READY"
+    assert record.enqueued_at == ENQUEUED_AT
+    assert record.run_after is record.started_at is record.finished_at is record.last_attempted_at is None
+    assert (record.worker_ids, record.errors, record.return_value, record.deliveries) == ((), (), None, 0)
+
+
+def test_decode_accepts_str_keys_too() -> None:
+    """Decode a hash given with str keys and values as well as bytes."""
+    fields = {k.decode(): v.decode() for k, v in record_fields().items()}
+
+    assert codec.decode("abc", fields) == codec.decode("abc", record_fields())
+
+
+def test_decode_a_finished_record() -> None:
+    """Decode what the worker writes: times, worker ids, errors, the result, deliveries."""
+    started = ENQUEUED_AT + timedelta(seconds=1)
+    errors = [{"exception_class_path": "builtins.ValueError", "traceback": "Traceback...\nValueError: x\n"}]
+    fields = record_fields(
+        status="SUCCESSFUL",
+        started_at=codec.to_micros(started),
+        last_attempted_at=codec.to_micros(started),
+        finished_at=codec.to_micros(started + timedelta(microseconds=1)),
+        worker_ids='["w1","w2"]',
+        errors=json.dumps(errors),
+        result='{"answer":[42]}',
+        deliveries="2",
+    )
+
+    record = codec.decode("abc", fields)
+    result = codec.to_task_result(record, tasks.noop_task)
+
+    assert record.finished_at == started + timedelta(microseconds=1)
+    assert record.errors == (
+        codec.ErrorRecord(exception_class_path="builtins.ValueError", traceback=errors[0]["traceback"]),
+    )
+    assert record.deliveries == 2
+    assert result.status == TaskResultStatus.SUCCESSFUL
+    assert result.return_value == {"answer": [42]}
+    assert result.worker_ids == ["w1", "w2"]
+    assert result.attempts == 2
+    assert result.errors[0].exception_class is ValueError
+    assert result.task is tasks.noop_task
+
+
+def test_encode_errors_round_trips_through_decode() -> None:
+    """Encode error records so decode() reads back the same ones."""
+    errors = (codec.ErrorRecord(exception_class_path="a.B", traceback='line "quoted"\n\ttab é\n'),)
+
+    record = codec.decode("abc", record_fields(errors=codec.encode_errors(errors)))
+
+    assert record.errors == errors
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"v": None},
+        {"v": "2"},
+        {"v": ""},
+        {"task": None},
+        {"queue": None},
+        {"priority": None},
+        {"priority": "high"},
+        {"priority": "1.5"},
+        {"backend": None},
+        {"status": None},
+        {"status": "DONE"},
+        {"status": "ready"},
+        {"args": None},
+        {"args": "[1"},
+        {"args": '{"a":1}'},
+        {"kwargs": "[]"},
+        {"kwargs": "nul"},
+        {"enqueued_at": "yesterday"},
+        {"enqueued_at": "1.5"},
+        {"enqueued_at": str(10**30)},
+        {"started_at": str(-(10**30))},
+        {"worker_ids": "w1"},
+        {"worker_ids": '{"a":1}'},
+        {"errors": "[1]"},
+        {"errors": "{}"},
+        {"result": "{"},
+        {"deliveries": "many"},
+        {"task": b"\xff\xfe"},
+        {"args": b"[\xff]"},
+    ],
+    ids=lambda o: "-".join(f"{k}={v!r}"[:30] for k, v in o.items()),
+)
+def test_unreadable_records_raise_corrupt_record(overrides: dict[str, Any]) -> None:
+    """Raise CorruptRecord, and only CorruptRecord, for a missing, unknown or malformed field."""
+    with pytest.raises(CorruptRecord):
+        codec.decode("abc", record_fields(**overrides))
+
+
+def test_empty_hash_is_corrupt() -> None:
+    """Raise CorruptRecord for an empty hash (the version field is missing)."""
+    with pytest.raises(CorruptRecord, match="'v' is missing"):
+        codec.decode("abc", {})
+
+
+def test_dumps_refuses_nan() -> None:
+    """Refuse NaN at the lowest level too."""
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        codec.dumps(math.nan)
