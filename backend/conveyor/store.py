@@ -78,11 +78,13 @@ class Store:
 
     # -- connections -------------------------------------------------------------
 
-    def _pool_kwargs(self) -> dict[str, Any]:
+    def _pool_kwargs(self, tls_class: type) -> dict[str, Any]:
         kwargs = self.options.connection_kwargs()
         # One retry, so a call that timed out is sent again once: every script is
         # safe to repeat (enqueue is idempotent by task id, the rest are fenced by owner).
         kwargs["retry"] = Retry(NoBackoff(), 1)
+        if self.options.ssl and not (self.options.url or "").startswith("unix://"):
+            kwargs["connection_class"] = tls_class  # SSL=True; a rediss:// URL picks it itself
         if self._client_name:
             kwargs["client_name"] = self._client_name
         return kwargs
@@ -91,7 +93,7 @@ class Store:
     def client(self) -> redis.Redis:
         """Return the synchronous client, creating its pool on first use."""
         if self._client is None:
-            kwargs = self._pool_kwargs()
+            kwargs = self._pool_kwargs(redis.SSLConnection)
             if self.options.url is not None:
                 pool = redis.ConnectionPool.from_url(self.options.url, **kwargs)
             else:
@@ -106,7 +108,7 @@ class Store:
         loop = asyncio.get_running_loop()
         entry = self._async.get(loop)
         if entry is None:
-            kwargs = self._pool_kwargs()
+            kwargs = self._pool_kwargs(redis.asyncio.SSLConnection)
             if self.options.url is not None:
                 pool = redis.asyncio.ConnectionPool.from_url(self.options.url, **kwargs)
             else:
