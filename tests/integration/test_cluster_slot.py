@@ -30,6 +30,8 @@ def cluster_url() -> Iterator[str]:
     workdir = Path(tempfile.mkdtemp(prefix="conveyor-cluster-"))
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     args += ["--dir", str(workdir), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+    # The bus port defaults to port + 10000, which is past 65535 for high ports: pick one.
+    args += ["--cluster-port", str(free_port())]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
     try:
@@ -39,6 +41,7 @@ def cluster_url() -> Iterator[str]:
                 client.ping()
                 break
             except redis.ConnectionError:
+                assert proc.poll() is None, f"{binary} exited with {proc.returncode}"
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.02)
