@@ -84,11 +84,11 @@ def encode_payload(args: Any, kwargs: Any, limit: int) -> tuple[str, str]:
     return args_json, kwargs_json
 
 
-def encode_return_value(value: Any) -> str:
-    """Normalise and encode a task's return value; raise TypeError/ValueError if impossible."""
+def encode_return_value(value: Any) -> tuple[Any, str]:
+    """Normalise and encode a task's return value; raise TypeError if JSON cannot hold it."""
     try:
         normalized = normalize_json(value)
-        return dumps(normalized)
+        return normalized, dumps(normalized)
     except ValueError as exc:
         raise TypeError(f"Task return value cannot be stored as JSON: {exc}") from exc
 
