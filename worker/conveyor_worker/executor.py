@@ -131,6 +131,8 @@ class Executor:
                 task = self.backend.resolve_task(record)
             except TaskResultDoesNotExist as exc:
                 raise RejectedTask(str(exc)) from exc
+            except Exception as exc:  # the task's own module raised while being imported
+                raise RejectedTask(f"importing {record.task_path!r} raised {exc!r}") from exc
         except (CorruptRecord, RejectedTask) as exc:
             attempt.rejection = str(exc)
             return attempt
