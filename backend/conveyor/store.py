@@ -14,7 +14,7 @@ from typing import Any
 import redis
 import redis.asyncio
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
@@ -44,6 +44,15 @@ class QueueStats:
     scheduled: int
     running: int
     oldest_ready_ms: int | None  # when the oldest ready task became ready (server ms)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScriptCall:
+    """One EVALSHA of a bundled script, ready to be sent alone or with others."""
+
+    name: str
+    keys: list[str]
+    args: list[Any]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -224,17 +233,16 @@ class Store:
         with self._boundary():
             return {q.decode() for q in self.client.smembers(self.keys.queues)}  # type: ignore[union-attr]
 
-    def claim(
-        self, queues: Sequence[str], worker_id: str, lease_ms: int, count: int
-    ) -> list[Claimed]:
-        """Claim up to count ready tasks, best first across queues, under a lease."""
-        if not queues or count < 1:
-            return []
+    def claim_call(self, queues: Sequence[str], worker_id: str, lease_ms: int, count: int) -> ScriptCall:
+        """Return the script call that claims up to count tasks (see claim())."""
         keys = [self.keys.task_prefix]
         for queue in queues:
             keys += (self.keys.ready(queue), self.keys.ready_since(queue), self.keys.running(queue))
-        with self._boundary():
-            flat = self.script("claim")(keys=keys, args=[worker_id, lease_ms, count])
+        return ScriptCall(name="claim", keys=keys, args=[worker_id, lease_ms, count])
+
+    @staticmethod
+    def parse_claimed(flat: Sequence[Any], queues: Sequence[str]) -> list[Claimed]:
+        """Turn claim.lua's flat reply into Claimed records."""
         claimed = []
         for i in range(0, len(flat), 3):
             values = flat[i + 2]
@@ -242,29 +250,92 @@ class Store:
             claimed.append(Claimed(task_id=flat[i].decode(), queue=queues[int(flat[i + 1])], fields=fields))
         return claimed
 
+    def claim(self, queues: Sequence[str], worker_id: str, lease_ms: int, count: int) -> list[Claimed]:
+        """Claim up to count ready tasks, best first across queues, under a lease."""
+        if not queues or count < 1:
+            return []
+        (flat,) = self.run([self.claim_call(queues, worker_id, lease_ms, count)])
+        return self.parse_claimed(flat, queues)
+
+    def finish_call(
+        self, task_id: str, queue: str, worker_id: str, status: str, ttl: int, fields: dict[str, str]
+    ) -> ScriptCall:
+        """Return the script call that records a final state (see finish())."""
+        args: list[Any] = [task_id, worker_id, status, ttl]
+        for name, value in fields.items():
+            args += (name, value)
+        return ScriptCall(name="finish", keys=[self.keys.task(task_id), self.keys.running(queue)], args=args)
+
     def finish(
         self, task_id: str, queue: str, worker_id: str, status: str, ttl: int, fields: dict[str, str]
     ) -> bool:
         """Record a final state if the lease is still ours; False when it was lost."""
-        args: list[Any] = [task_id, worker_id, status, ttl]
+        (stored,) = self.run([self.finish_call(task_id, queue, worker_id, status, ttl, fields)])
+        return bool(stored)
+
+    def retry_call(
+        self, task_id: str, queue: str, worker_id: str, backoff_ms: int, fields: dict[str, str]
+    ) -> ScriptCall:
+        """Return the script call that schedules another attempt (see retry())."""
+        k = self.keys
+        args: list[Any] = [task_id, worker_id, backoff_ms, WAKE_CAP]
         for name, value in fields.items():
             args += (name, value)
-        with self._boundary():
-            keys = [self.keys.task(task_id), self.keys.running(queue)]
-            return bool(self.script("finish")(keys=keys, args=args))
+        keys = [k.task(task_id), k.running(queue), k.scheduled(queue), k.wake(queue)]
+        return ScriptCall(name="retry", keys=keys, args=args)
 
     def retry(
         self, task_id: str, queue: str, worker_id: str, backoff_ms: int, fields: dict[str, str]
     ) -> int | None:
         """Schedule another attempt after a backoff; return its due time in ms, None if lost."""
-        k = self.keys
-        keys = [k.task(task_id), k.running(queue), k.scheduled(queue), k.wake(queue)]
-        args: list[Any] = [task_id, worker_id, backoff_ms, WAKE_CAP]
-        for name, value in fields.items():
-            args += (name, value)
-        with self._boundary():
-            due = int(self.script("retry")(keys=keys, args=args))
-        return due or None
+        (due,) = self.run([self.retry_call(task_id, queue, worker_id, backoff_ms, fields)])
+        return int(due) or None
+
+    def run(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Send script calls in one round trip on a pooled connection and return their replies.
+
+        The hot path of the worker (claim, record and claim the next) goes through here
+        rather than redis-py's per-command machinery, which costs more than the round trip.
+        Scripts Redis lost (a restart, SCRIPT FLUSH) are loaded again and only the calls
+        that failed with NOSCRIPT are sent again; a broken connection is retried once.
+        """
+        pool = self.client.connection_pool
+        for attempt in (1, 2):
+            conn = pool.get_connection()
+            try:
+                replies = self._send(conn, calls)
+                missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+                if missing:
+                    for name in {calls[i].name for i in missing}:
+                        conn.send_command("SCRIPT", "LOAD", script_source(name))
+                        conn.read_response()
+                    for i, reply in zip(missing, self._send(conn, [calls[i] for i in missing]), strict=True):
+                        replies[i] = reply
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                conn.disconnect()
+                if attempt == 2:
+                    raise self._translate(
+                        exc if isinstance(exc, RedisError) else RedisConnectionError(str(exc))
+                    ) from exc
+                continue
+            finally:
+                pool.release(conn)
+            for reply in replies:
+                if isinstance(reply, RedisError):
+                    raise self._translate(reply) from reply
+            return replies
+        raise AssertionError("unreachable")
+
+    def _send(self, conn: Any, calls: Sequence[ScriptCall]) -> list[Any]:
+        commands = [("EVALSHA", self.script(c.name).sha, len(c.keys), *c.keys, *c.args) for c in calls]
+        conn.send_packed_command(conn.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in calls:
+            try:
+                replies.append(conn.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
 
     def renew(self, leases: Sequence[tuple[str, str]], worker_id: str, lease_ms: int) -> list[bool]:
         """Renew the leases of (task id, queue) pairs in one round trip; True where still ours."""
