@@ -164,9 +164,9 @@ class Executor:
         result = attempt.result
         assert result is not None
         attempt.thread_id = threading.get_ident()
-        task_started.send(sender=self.sender, task_result=result)
-        close_old_connections()
-        try:
+        try:  # a raising receiver fails the attempt; outside the try it would leak the slot
+            task_started.send(sender=self.sender, task_result=result)
+            close_old_connections()
             args, kwargs = self._args(result)
             raw = result.task.call(*args, **kwargs)
             value, text = codec.encode_return_value(raw)
@@ -181,9 +181,9 @@ class Executor:
         """Run a coroutine task on the running event loop."""
         result = attempt.result
         assert result is not None
-        task_started.send(sender=self.sender, task_result=result)
-        await sync_to_async(close_old_connections)()
         try:
+            task_started.send(sender=self.sender, task_result=result)
+            await sync_to_async(close_old_connections)()
             args, kwargs = self._args(result)
             raw = await self._await_with_timeout(attempt, result.task.acall(*args, **kwargs))
             value, text = codec.encode_return_value(raw)
