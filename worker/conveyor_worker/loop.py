@@ -90,15 +90,17 @@ class Worker:
         return self.state is State.READY and self.redis_ok
 
     def alive(self, stale_after: float = 30.0) -> bool:
-        """Live: the loop and the watchdog make progress and not every slot is stuck."""
+        """Live: the loop and the watchdog make progress and abandoned threads do not pile up."""
         now = time.monotonic()
         if self.state is State.STOPPED:
             return True
+        # A thread stuck past its task's timeout was replaced and holds no slot; only more
+        # of them than there are slots is a leak worth a restart.
         stuck = self._pool.stuck if self._pool else 0
         return (
             now - self.loop_beat < stale_after
             and now - self.watch_beat < stale_after
-            and stuck < self.settings.concurrency
+            and stuck <= self.settings.concurrency
         )
 
     # -- lifecycle ---------------------------------------------------------------
