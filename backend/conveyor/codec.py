@@ -50,9 +50,13 @@ class TaskRecord:
     deliveries: int
 
 
+# json.dumps() with non-default options builds a new encoder per call; build it once.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
 def dumps(value: Any) -> str:
     """Encode JSON compactly; NaN and infinities are refused."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 def to_micros(moment: datetime) -> int:
@@ -76,12 +80,27 @@ def encode_payload(args: Any, kwargs: Any, limit: int) -> tuple[str, str]:
     size = len(args_json.encode()) + len(kwargs_json.encode())
     if size > limit:
         raise PayloadTooLarge(f"Task arguments are {size} bytes encoded, over MAX_PAYLOAD_BYTES={limit}.")
-    if json.loads(args_json) != args or json.loads(kwargs_json) != kwargs:
+    if not _only_string_keys(args_json, kwargs_json, kwargs) and (
+        json.loads(args_json) != args or json.loads(kwargs_json) != kwargs
+    ):
         raise TypeError(
             "Unsupported value in task arguments: dictionary keys must be strings so "
             "they survive the JSON round trip."
         )
     return args_json, kwargs_json
+
+
+def _only_string_keys(args_json: str, kwargs_json: str, kwargs: Any) -> bool:
+    """Tell, without decoding, that JSON kept every dict key as it was."""
+    # JSON turns 1, True and None keys into text. When the only "{" in both texts is
+    # kwargs' own, there is no other dict anywhere and checking kwargs' keys suffices;
+    # anything else (a nested dict, a "{" inside a string) takes the decode-and-compare path.
+    return (
+        "{" not in args_json
+        and kwargs_json.count("{") == 1
+        and type(kwargs) is dict
+        and all(type(key) is str for key in kwargs)
+    )
 
 
 def encode_return_value(value: Any) -> tuple[Any, str]:

@@ -119,13 +119,52 @@ def test_payload_too_large_is_a_value_error() -> None:
         ([{True: 1}], {}),
         ([{None: 1}], {}),
         ([{1.5: 1}], {}),
+        ([], {1: "top-level int key"}),
+        ([], {"ok": 1, None: 2}),
+        (["{"], {3: "a"}),
     ],
-    ids=["nan", "inf", "nested-inf", "int-key", "nested-int-key", "bool-key", "none-key", "float-key"],
+    ids=[
+        "nan",
+        "inf",
+        "nested-inf",
+        "int-key",
+        "nested-int-key",
+        "bool-key",
+        "none-key",
+        "float-key",
+        "kwargs-int-key",
+        "kwargs-none-key",
+        "brace-in-args-and-int-key",
+    ],
 )
 def test_values_json_cannot_round_trip_are_refused(args: list[Any], kwargs: dict[str, Any]) -> None:
     """Refuse NaN, infinities and non-string dict keys with TypeError instead of storing something else."""
     with pytest.raises(TypeError, match="Unsupported value in task arguments"):
         codec.encode_payload(args, kwargs, 10_000)
+
+
+class Label(str):
+    """A str subclass, as a dict key."""
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ([], {}),
+        ([1, "two", None, True, 2.5, -0.0, 10**30], {"a": [1, [2, [3]]], "b": None}),
+        (["{not a dict}"], {"k": "}{"}),
+        ([], {"a{": 1, "b": "{"}),
+        ([{"nested": {"deep": "x"}}], {"n": {"m": {}}}),
+        ([], {Label("sub"): 1}),
+    ],
+    ids=["empty", "scalars", "braces-in-strings", "brace-in-key", "nested-dicts", "str-subclass-key"],
+)
+def test_storable_payloads_round_trip(args: list[Any], kwargs: dict[str, Any]) -> None:
+    """Accept every JSON-safe payload, whether or not it takes the decode-and-compare path."""
+    args_json, kwargs_json = codec.encode_payload(args, kwargs, 10_000)
+
+    assert json.loads(args_json) == args
+    assert json.loads(kwargs_json) == kwargs
 
 
 # -- records --------------------------------------------------------------------
