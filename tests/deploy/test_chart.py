@@ -46,11 +46,11 @@ def ci(name: str) -> Path:
     return CI[name]
 
 
-def render_all_modes(helm: str, **kwargs: object) -> dict[str, Render]:
+def render_all_modes(helm: str) -> dict[str, Render]:
     """Render every ci/ values file, with the ServiceMonitor CRD present."""
     results = {}
     for name, path in CI.items():
-        result = helm_template(helm, [path], api_versions=[SERVICE_MONITOR_API], **kwargs)  # type: ignore[arg-type]
+        result = helm_template(helm, [path], api_versions=[SERVICE_MONITOR_API])
         assert result.returncode == 0, f"{name}: {result.stderr}"
         results[name] = result
     return results
@@ -527,10 +527,10 @@ def test_prometheus_adapter_rule_serves_the_hpa_metric(helm: str) -> None:
     assert rule["seriesQuery"].startswith("conveyor_queue_ready{")
     assert rule["resources"]["overrides"]["namespace"]["resource"] == "namespace"
     assert "<<.LabelMatchers>>" in rule["metricsQuery"]
-    assert re.search(r"by \([^)]*\bqueue\b[^)]*\)", rule["metricsQuery"])
-    assert set(external["selector"]["matchLabels"]) | {"queue"} <= set(
-        re.search(r"by \(([^)]*)\)", rule["metricsQuery"]).group(1).replace(" ", "").split(",")  # type: ignore[union-attr]
-    )
+    grouped = re.search(r"max by \(([^)]*)\)", rule["metricsQuery"])
+    assert grouped, rule["metricsQuery"]
+    by_labels = {label.strip() for label in grouped.group(1).split(",")}
+    assert set(external["selector"]["matchLabels"]) | {"queue", "namespace"} <= by_labels
 
 
 # -- the worker Deployment -----------------------------------------------------------------------------
