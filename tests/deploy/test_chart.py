@@ -742,6 +742,7 @@ def test_web_runs_gunicorn_with_healthz_probes(helm: str) -> None:
     web_container = container(web["spec"]["template"]["spec"], "web")
     command = web_container["command"] + web_container["args"]
     assert command[:4] == ["gunicorn", "exampleapp.wsgi", "--bind", "0.0.0.0:8000"]
+    assert "--no-control-socket" in command  # its default path is under $HOME, which the image lacks
     assert web_container["image"].startswith("conveyor-web:")
     assert web_container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
     for probe in ("livenessProbe", "readinessProbe"):
