@@ -147,17 +147,17 @@ def new_record(
     return fields
 
 
-def _text(fields: Mapping[Any, Any], name: str, *, required: bool = True) -> str:
+def _text(fields: Mapping[str, str], name: str, *, required: bool = True) -> str:
     """Return one field as text."""
-    raw = fields.get(name, fields.get(name.encode()))
+    raw = fields.get(name)
     if raw is None:
         if required:
             raise CorruptRecord(f"field {name!r} is missing")
         return ""
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
+    return raw
 
 
-def _moment(fields: Mapping[Any, Any], name: str) -> datetime | None:
+def _moment(fields: Mapping[str, str], name: str) -> datetime | None:
     """Return a timestamp field, or None when empty."""
     text = _text(fields, name, required=False)
     if not text:
@@ -168,7 +168,7 @@ def _moment(fields: Mapping[Any, Any], name: str) -> datetime | None:
         raise CorruptRecord(f"field {name!r} is not a timestamp") from exc
 
 
-def _json(fields: Mapping[Any, Any], name: str, kind: type, default: str | None = None) -> Any:
+def _json(fields: Mapping[str, str], name: str, kind: type, default: str | None = None) -> Any:
     """Return a JSON field, checking the type of its top level."""
     text = _text(fields, name, required=default is None) or default or ""
     try:
@@ -180,9 +180,13 @@ def _json(fields: Mapping[Any, Any], name: str, kind: type, default: str | None 
     return value
 
 
-def decode(task_id: str, fields: Mapping[Any, Any]) -> TaskRecord:
+def decode(task_id: str, raw: Mapping[Any, Any]) -> TaskRecord:
     """Decode a task hash into a TaskRecord; raise CorruptRecord on anything unexpected."""
     try:
+        fields = {
+            (k.decode() if isinstance(k, bytes) else str(k)): (v.decode() if isinstance(v, bytes) else str(v))
+            for k, v in raw.items()
+        }
         version = _text(fields, "v")
         if version != VERSION:
             raise CorruptRecord(f"unknown record version {version!r}")

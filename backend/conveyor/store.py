@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -84,6 +85,7 @@ class Store:
         self._scripts: dict[str, Any] = {}
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, dict[str, Any]]]
         self._async = weakref.WeakKeyDictionary()
+        self._held = threading.local()  # a connection a worker thread keeps (hold_connection)
 
     # -- connections -------------------------------------------------------------
 
@@ -300,8 +302,9 @@ class Store:
         that failed with NOSCRIPT are sent again; a broken connection is retried once.
         """
         pool = self.client.connection_pool
+        held = getattr(self._held, "conn", None)
         for attempt in (1, 2):
-            conn = pool.get_connection()
+            conn = held or pool.get_connection()
             try:
                 replies = self._send(conn, calls)
                 missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
@@ -319,12 +322,25 @@ class Store:
                     ) from exc
                 continue
             finally:
-                pool.release(conn)
+                if held is None:
+                    pool.release(conn)
             for reply in replies:
                 if isinstance(reply, RedisError):
                     raise self._translate(reply) from reply
             return replies
         raise AssertionError("unreachable")
+
+    @contextmanager
+    def hold_connection(self) -> Iterator[None]:
+        """Let the calling thread keep one pooled connection for run() until the block ends."""
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        self._held.conn = conn
+        try:
+            yield
+        finally:
+            self._held.conn = None
+            pool.release(conn)
 
     def _send(self, conn: Any, calls: Sequence[ScriptCall]) -> list[Any]:
         commands = [("EVALSHA", self.script(c.name).sha, len(c.keys), *c.keys, *c.args) for c in calls]

@@ -74,6 +74,9 @@ class TextFormatter(logging.Formatter):
 
 def configure_logging(log_format: str, level: str) -> None:
     """Send every log record to stdout in the chosen format."""
+    # Two lines per task: skip the stack walk and thread/process lookups no formatter here uses.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()

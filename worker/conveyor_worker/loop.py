@@ -1,7 +1,8 @@
-"""The worker: a claim loop with explicit states, a watchdog for leases and timeouts, and drain."""
+"""The worker: processors that claim and run tasks, a listener/maintenance loop, a watchdog, drain."""
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import random
@@ -13,16 +14,16 @@ from typing import Any
 from conveyor import codec
 from conveyor.backend import RedisBackend
 from conveyor.exceptions import ConveyorError, RedisUnavailable, TaskTimeout
-from conveyor.store import Claimed, Store
+from conveyor.store import Claimed, Promotion, ScriptCall, Store
 
 from .executor import Attempt, Executor, Verdict
 from .metrics import Metrics
-from .runners import AsyncRunner, ThreadPool, interrupt_thread
+from .runners import AsyncRunner, Processors, interrupt_thread
 from .settings import WorkerSettings
 
 logger = logging.getLogger("conveyor_worker")
 
-PROMOTE_EVERY = 1.0  # seconds between promotions while busy (idle workers promote on wake-up)
+PROMOTE_EVERY = 1.0  # seconds between promotions of due scheduled tasks
 QUEUE_REFRESH_EVERY = 1.0  # seconds between re-reading the queue list for '*'
 BACKOFF_MAX = 5.0  # seconds, cap of the reconnect backoff
 
@@ -37,7 +38,14 @@ class State(enum.StrEnum):
 
 
 class Worker:
-    """Claim tasks from Redis, run them, record outcomes, and never lose one."""
+    """Claim tasks from Redis, run them, record outcomes, and never lose one.
+
+    Each of the --concurrency processor threads claims its own task, runs it and
+    records the outcome together with the claim of its next task in one round trip,
+    so a busy worker spends one Redis round trip per task. The main thread only
+    blocks on the queues' wake lists to rouse idle processors, and promotes and
+    reclaims. A watchdog thread renews leases and stops sync tasks that overrun.
+    """
 
     def __init__(
         self,
@@ -60,10 +68,12 @@ class Worker:
         self.state = State.STARTING
         self.redis_ok = False
         self.exit_code = 0
-        self.finished = 0  # attempts recorded (for --max-tasks)
-        self.claimed = 0
+        self.claimed = 0  # tasks claimed, for --max-tasks
         self._running: dict[str, Attempt] = {}
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # guards _running and claimed; signals slot changes
+        self._work = threading.Condition()  # idle processors wait here for the listener
+        self._idle = 0
+        self._local = threading.local()
         self._stop = threading.Event()
         self._watch_wake = threading.Event()
         self._queues: list[str] = []
@@ -73,9 +83,8 @@ class Worker:
         self._reclaim_every = min(5.0, settings.lease / 4)
         self.loop_beat = time.monotonic()
         self.watch_beat = time.monotonic()
-        self._pool: ThreadPool | None = None
+        self._processors: Processors | None = None
         self._async: AsyncRunner | None = None
-        self._watchdog: threading.Thread | None = None
 
     # -- health ------------------------------------------------------------------
 
@@ -96,7 +105,7 @@ class Worker:
             return True
         # A thread stuck past its task's timeout was replaced and holds no slot; only more
         # of them than there are slots is a leak worth a restart.
-        stuck = self._pool.stuck if self._pool else 0
+        stuck = self._processors.stuck if self._processors else 0
         return (
             now - self.loop_beat < stale_after
             and now - self.watch_beat < stale_after
@@ -114,17 +123,19 @@ class Worker:
             )
             self.state = State.DRAINING
         self._stop.set()
+        self._wake_processors(every=True)
         with self._cond:
             self._cond.notify_all()
 
     def run(self) -> int:
         """Run until stopped, drained (batch) or max tasks; return the exit code."""
-        self._pool = ThreadPool(self.settings.concurrency, "conveyor-task")
         self._async = AsyncRunner("conveyor-async")
-        self._watchdog = threading.Thread(target=self._watch, name="conveyor-watchdog", daemon=True)
-        self._watchdog.start()
+        threading.Thread(target=self._watch, name="conveyor-watchdog", daemon=True).start()
         if self.state is State.STARTING:
             self.state = State.READY
+        with contextlib.suppress(RedisUnavailable):  # the loop below reports it and retries
+            self._current_queues()  # so the processors know where to claim from the start
+        self._processors = Processors(self.settings.concurrency, self._process, "conveyor-task")
         failures = 0
         while self.state is State.READY:
             self.loop_beat = time.monotonic()
@@ -144,67 +155,72 @@ class Worker:
                         extra={"event": "redis_unavailable", "worker_id": self.worker_id},
                     )
                 self.redis_ok = False
-                delay = min(BACKOFF_MAX, 0.05 * 2**failures) * random.uniform(0.5, 1.5)
-                self._stop.wait(delay)
+                self._stop.wait(min(BACKOFF_MAX, 0.05 * 2**failures) * random.uniform(0.5, 1.5))
+        self._wake_processors(every=True)
         self._drain()
         self.state = State.STOPPED
         self._watch_wake.set()
-        self._pool.shutdown()
         self._async.shutdown()
         return self.exit_code
 
-    # -- the loop ----------------------------------------------------------------
+    # -- the main thread: maintenance and listening --------------------------------
 
     def _tick(self) -> None:
-        """Do one step: maintenance, then claim what fits, else wait for work."""
+        """Promote and reclaim when due, then rouse an idle processor when work may be there."""
         queues = self._current_queues()
         now = time.monotonic()
-        promotion = None
         if now >= self._promote_at:
             promotion = self.store.promote(queues, limit=1000)
             self._promote_at = now + PROMOTE_EVERY
             if promotion.next_due_ms is not None:
                 until = (promotion.next_due_ms - promotion.server_now_ms) / 1000
                 self._promote_at = min(self._promote_at, now + max(0.0, until))
+            if promotion.promoted:
+                self._wake_processors(every=True)
         if now >= self._reclaim_at:
-            self.store.reclaim(
+            requeued, _ = self.store.reclaim(
                 queues, limit=1000, max_deliveries=self.settings.max_deliveries, failed_ttl=self.failed_ttl
             )
             self._reclaim_at = now + self._reclaim_every
-        wanted = self.settings.concurrency - self.busy
-        if self.settings.max_tasks:
-            remaining = self.settings.max_tasks - self.claimed
-            if remaining <= 0:
-                self._finish_run("max tasks reached")
-                return
-            wanted = min(wanted, remaining)
-        if wanted <= 0:
-            with self._cond:
-                self._cond.wait_for(
-                    lambda: self.busy < self.settings.concurrency or self._stop.is_set(),
-                    timeout=self.settings.block_seconds,
+            if requeued:
+                self._wake_processors(every=True)
+        if self.settings.max_tasks and self.claimed >= self.settings.max_tasks and self.busy == 0:
+            self._finish_run("max tasks reached")
+            return
+        with self._work:
+            idle = self._idle
+        if self.settings.batch:
+            if idle == self.settings.concurrency:
+                # Every processor found nothing; promote again now, so a retry they scheduled
+                # just before going idle counts, and stop only if nothing is ready or due.
+                fresh = self.store.promote(queues, limit=1000)
+                if self._nothing_due(fresh) and not any(s.ready for s in self.store.queue_stats(queues)):
+                    self._finish_run("batch drained")
+                    return
+                self._wake_processors(every=True)
+            with self._work:
+                self._work.wait(timeout=0.02)
+            return
+        if idle == 0:
+            with self._work:
+                self._work.wait_for(
+                    lambda: self._idle > 0 or self._stop.is_set(), self.settings.block_seconds
                 )
             return
-        claimed = self.store.claim(queues, self.worker_id, self.lease_ms, wanted)
-        if claimed:
-            for item in claimed:
-                self._dispatch(item)
-            return
-        if self.settings.batch and self.busy == 0 and promotion is not None and self._nothing_due(promotion):
-            self._finish_run("batch drained")
-            return
-        if self._stop.is_set():
-            return
         timeout = min(
-            self.settings.block_seconds, max(0.0, self._promote_at - now), max(0.0, self._reclaim_at - now)
+            self.settings.block_seconds,
+            max(0.0, self._promote_at - now),
+            max(0.0, self._reclaim_at - now),
         )
-        if self.settings.batch:
-            timeout = min(timeout, 0.05)
-        if timeout > 0 and self.store.wait_for_work(queues, timeout):
-            self._promote_at = 0.0  # a token may announce a scheduled task: look at the schedule
+        woken = timeout > 0 and self.store.wait_for_work(queues, timeout)
+        if woken:
+            self._promote_at = 0.0  # the token may announce a scheduled task: look at the schedule
+        # Rouse one idle processor on a token, and also on a timeout, so a token taken by a
+        # worker that was busy at that instant never leaves a task waiting.
+        self._wake_processors()
 
     @staticmethod
-    def _nothing_due(promotion: Any) -> bool:
+    def _nothing_due(promotion: Promotion) -> bool:
         return promotion.promoted == 0 and (
             promotion.next_due_ms is None or promotion.next_due_ms > promotion.server_now_ms
         )
@@ -212,38 +228,103 @@ class Worker:
     def _finish_run(self, reason: str) -> None:
         logger.info(reason, extra={"event": "worker_draining", "worker_id": self.worker_id, "reason": reason})
         self.state = State.DRAINING
+        self._stop.set()
 
     def _current_queues(self) -> list[str]:
         selection = self.settings.queues
         if not selection.all_queues:
-            return selection.resolve(set())
+            if not self._queues:
+                self._queues = selection.resolve(set())
+            return self._queues
         now = time.monotonic()
         if now - self._queues_at >= QUEUE_REFRESH_EVERY or not self._queues:
             self._queues = selection.resolve(self.store.known_queues())
             self._queues_at = now
         return self._queues
 
-    # -- dispatching and recording -----------------------------------------------
+    def _wake_processors(self, every: bool = False) -> None:
+        with self._work:
+            if every:
+                self._work.notify_all()
+            else:
+                self._work.notify()
 
-    def _dispatch(self, claimed: Claimed) -> None:
+    # -- processors ----------------------------------------------------------------
+
+    def _accepting(self) -> bool:
+        assert self._processors is not None
+        return self.state is State.READY and not self._processors.is_retired(threading.get_ident())
+
+    def _reserve(self) -> bool:
+        """Take one claim from the --max-tasks budget; False when it is spent."""
+        with self._cond:
+            if self.settings.max_tasks and self.claimed >= self.settings.max_tasks:
+                return False
+            self.claimed += 1
+            return True
+
+    def _unreserve(self, unused: int = 1) -> None:
+        with self._cond:
+            self.claimed -= unused
+
+    def _process(self) -> None:
+        """Run one processor on a connection of its own."""
+        try:
+            with self.store.hold_connection():
+                self._process_tasks()
+        except RedisUnavailable:  # Redis was away when the thread started: run on the pool
+            self._process_tasks()
+
+    def _process_tasks(self) -> None:
+        """Claim, run, record, repeat; wait for the listener when there is nothing to claim."""
+        local = self._local
+        local.processor = True
+        local.next = []
+        while self._accepting():
+            claimed: Claimed | None = local.next.pop() if local.next else None
+            if claimed is None:
+                try:
+                    claimed = self._claim_one()
+                except RedisUnavailable:
+                    self._stop.wait(random.uniform(0.5, 1.5))
+                    continue
+            if claimed is None:
+                with self._work:
+                    if not self._accepting():
+                        break
+                    self._idle += 1
+                    self._work.wait()
+                    self._idle -= 1
+                continue
+            self._execute(claimed)
+        for leftover in local.next:  # claimed with the last record, after draining began
+            self._give_back(leftover.task_id, leftover.queue)
+
+    def _claim_one(self) -> Claimed | None:
+        if not self._queues or not self._reserve():
+            return None
+        found = self.store.claim(self._queues, self.worker_id, self.lease_ms, 1)
+        if not found:
+            self._unreserve()
+        return found[0] if found else None
+
+    def _execute(self, claimed: Claimed) -> None:
         attempt = self.executor.prepare(claimed)
-        self.claimed += 1
         with self._cond:
             self._running[attempt.task_id] = attempt
         self._busy_changed()
         if attempt.rejection is not None:
             self.executor.reject(attempt)
             return
-        result = attempt.result
-        assert result is not None and self._pool is not None and self._async is not None
+        assert attempt.result is not None and self._async is not None
         self.metrics.count("started", attempt.queue)
         logger.info("task started", extra=self._task_fields(attempt, event="task_started", status="RUNNING"))
         if attempt.is_async:
-            self._async.submit(self.executor.run_async(attempt))
+            self._async.submit(self.executor.run_async(attempt)).result()
         else:
-            self._pool.submit(lambda: self.executor.run_sync(attempt))
             if attempt.timeout is not None:
                 self._watch_wake.set()
+            self.executor.run_sync(attempt)
 
     def _task_fields(self, attempt: Attempt, **extra: Any) -> dict[str, Any]:
         fields: dict[str, Any] = {
@@ -257,6 +338,8 @@ class Worker:
         fields.update(extra)
         return fields
 
+    # -- recording ---------------------------------------------------------------
+
     def _record(self, attempt: Attempt, verdict: Verdict) -> bool:
         """Store an attempt's outcome (retrying while Redis is away, up to one lease); free its slot."""
         try:
@@ -264,7 +347,6 @@ class Worker:
         finally:
             with self._cond:
                 self._running.pop(attempt.task_id, None)
-                self.finished += 1
                 self._cond.notify_all()
             self._busy_changed()
         self._log_verdict(attempt, verdict, stored)
@@ -287,22 +369,39 @@ class Worker:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    def _write_verdict(self, attempt: Attempt, verdict: Verdict) -> bool:
-        store, tid, q = self.store, attempt.task_id, attempt.queue
-        errors = codec.encode_errors(verdict.errors) if verdict.errors else None  # type: ignore[arg-type]
+    def _verdict_call(self, attempt: Attempt, verdict: Verdict) -> ScriptCall:
+        store, tid, q, me = self.store, attempt.task_id, attempt.queue, self.worker_id
+        errors = codec.encode_errors(verdict.errors) if verdict.errors else "[]"  # type: ignore[arg-type]
         if verdict.kind == "retry":
-            return (
-                store.retry(
-                    tid, q, self.worker_id, int(verdict.retry_delay * 1000), {"errors": errors or "[]"}
-                )
-                is not None
-            )
+            return store.retry_call(tid, q, me, int(verdict.retry_delay * 1000), {"errors": errors})
         fields = {"finished_at": str(codec.to_micros(verdict.finished_at))} if verdict.finished_at else {}
         if verdict.kind == "succeeded":
             fields["result"] = verdict.return_json or "null"
-            return store.finish(tid, q, self.worker_id, "SUCCESSFUL", self.result_ttl, fields)
-        fields["errors"] = errors or "[]"
-        return store.finish(tid, q, self.worker_id, "FAILED", self.failed_ttl, fields)
+            return store.finish_call(tid, q, me, "SUCCESSFUL", self.result_ttl, fields)
+        fields["errors"] = errors
+        return store.finish_call(tid, q, me, "FAILED", self.failed_ttl, fields)
+
+    def _write_verdict(self, attempt: Attempt, verdict: Verdict) -> bool:
+        """Record; on a processor that goes on, claim its next task in the same round trip."""
+        calls = [self._verdict_call(attempt, verdict)]
+        local = self._local
+        claim_next = (
+            getattr(local, "processor", False) and self._accepting() and self._queues and self._reserve()
+        )
+        if claim_next:
+            calls.append(self.store.claim_call(self._queues, self.worker_id, self.lease_ms, 1))
+        try:
+            replies = self.store.run(calls)
+        except BaseException:
+            if claim_next:
+                self._unreserve()
+            raise
+        if claim_next:
+            found = self.store.parse_claimed(replies[1], self._queues)
+            local.next.extend(found)
+            if not found:
+                self._unreserve()
+        return bool(replies[0])
 
     def _log_verdict(self, attempt: Attempt, verdict: Verdict, stored: bool) -> None:
         q = attempt.queue
@@ -385,11 +484,13 @@ class Worker:
 
     def _time_out(self, attempt: Attempt) -> None:
         thread_id = attempt.thread_id
-        if thread_id is None:  # queued but not started yet: its clock starts when it runs
+        if thread_id is None:  # not started yet: its clock starts when it runs
             return
         if self.executor.time_out(attempt):
-            assert self._pool is not None
-            self._pool.retire(thread_id)
+            assert self._processors is not None
+            # The stuck thread is replaced at once so the slot is free; the interrupt ends
+            # the task at its next Python instruction (not inside a blocking C call).
+            self._processors.retire(thread_id)
             interrupt_thread(thread_id, TaskTimeout)
 
     def _renew(self) -> None:
@@ -413,6 +514,22 @@ class Worker:
 
     # -- draining ----------------------------------------------------------------
 
+    def _give_back(self, task_id: str, queue: str) -> bool:
+        try:
+            return self.store.release(task_id, queue, self.worker_id)
+        except ConveyorError as exc:
+            logger.warning(
+                "could not release: %s",
+                exc,
+                extra={
+                    "event": "release_failed",
+                    "task_id": task_id,
+                    "queue": queue,
+                    "worker_id": self.worker_id,
+                },
+            )
+            return False
+
     def _drain(self) -> None:
         """Give running tasks up to the shutdown timeout, then return the rest to their queues."""
         deadline = time.monotonic() + self.settings.shutdown_timeout
@@ -424,13 +541,7 @@ class Worker:
         for attempt in left:
             if not attempt.finalize():
                 continue
-            try:
-                released = self.store.release(attempt.task_id, attempt.queue, self.worker_id)
-            except ConveyorError as exc:
-                released = False
-                logger.warning(
-                    "could not release: %s", exc, extra=self._task_fields(attempt, event="release_failed")
-                )
+            released = self._give_back(attempt.task_id, attempt.queue)
             logger.warning(
                 "task returned to its queue unfinished" if released else "task left to its lease",
                 extra=self._task_fields(attempt, event="task_released"),

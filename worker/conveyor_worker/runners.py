@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-import queue
 import threading
 from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -19,11 +19,11 @@ def interrupt_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
     return bool(done == 1)
 
 
-class ThreadPool:
-    """A fixed number of live threads; a thread stuck past its task's timeout is retired and replaced."""
+class Processors:
+    """Threads that each run target() until it returns; a thread stuck in a task can be retired."""
 
-    def __init__(self, size: int, name: str) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+    def __init__(self, size: int, target: Callable[[], None], name: str) -> None:
+        self._target = target
         self._name = name
         self._lock = threading.Lock()
         self._retired: set[int] = set()
@@ -42,32 +42,29 @@ class ThreadPool:
 
     def _serve(self) -> None:
         me = threading.get_ident()
-        while me not in self._retired:
-            try:
-                job = self._jobs.get()
-                if job is None:
-                    break
-                job()
-            except BaseException:  # a late timeout interrupt or a bug: never kill the pool silently
-                if me not in self._retired:
-                    logger.exception("task thread crashed; replacing it")
-                    self._retired.add(me)
-                    self._spawn()
-        with self._lock:
-            self._threads.pop(me, None)
-            self._retired.discard(me)
+        try:
+            self._target()
+        except BaseException:  # a late timeout interrupt, or a bug: never lose a slot silently
+            if not self.is_retired(me):
+                logger.exception("task thread crashed; replacing it")
+                self._spawn()
+        finally:
+            with self._lock:
+                self._threads.pop(me, None)
+                self._retired.discard(me)
 
-    def submit(self, job: Callable[[], None]) -> None:
-        """Queue a job for the next free thread."""
-        self._jobs.put(job)
+    def is_retired(self, thread_id: int) -> bool:
+        """Tell whether a thread was retired (it must stop after its current task)."""
+        return thread_id in self._retired
 
-    def retire(self, thread_id: int) -> None:
-        """Stop using a thread that is stuck in a task, and start a replacement."""
+    def retire(self, thread_id: int) -> bool:
+        """Stop using a thread that is stuck in a task and start a replacement; False if unknown."""
         with self._lock:
             if thread_id in self._retired or thread_id not in self._threads:
-                return
+                return False
             self._retired.add(thread_id)
         self._spawn()
+        return True
 
     @property
     def stuck(self) -> int:
@@ -75,12 +72,11 @@ class ThreadPool:
         with self._lock:
             return sum(1 for t in self._retired if t in self._threads)
 
-    def shutdown(self) -> None:
-        """Ask idle threads to exit (running tasks are not interrupted)."""
+    @property
+    def alive(self) -> int:
+        """Return how many threads are running."""
         with self._lock:
-            count = len(self._threads)
-        for _ in range(count):
-            self._jobs.put(None)
+            return len(self._threads)
 
 
 class AsyncRunner:
@@ -95,9 +91,9 @@ class AsyncRunner:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
-    def submit(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Schedule a coroutine on the loop from any thread."""
-        asyncio.run_coroutine_threadsafe(coro, self.loop)
+    def submit(self, coro: Coroutine[Any, Any, None]) -> Future[None]:
+        """Schedule a coroutine on the loop from any thread; return its future."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def shutdown(self) -> None:
         """Stop the loop (running coroutines are abandoned; their leases bring them back)."""
