@@ -142,3 +142,35 @@ def test_unusual_queue_names_stay_under_the_tag(backend: RedisBackend, queue: st
 
     assert ready_ids(backend, queue) == [result.id]
     assert backend.keys.ready(queue).startswith(backend.keys.tag + ":")
+
+
+def test_ready_score_is_recorded_on_the_task(backend: RedisBackend) -> None:
+    """Keep the ready score in the task hash too (release and reclaim put the task back with it)."""
+    result = tasks.noop_task.using(priority=42).enqueue()
+
+    score = backend.store.call(lambda c: c.zscore(backend.keys.ready("default"), result.id))
+    stored = backend.store.call(lambda c: c.hget(backend.keys.task(result.id), "score"))
+
+    assert stored is not None
+    assert int(stored) == score == (100 - 42) * 2**44 + 1
+
+
+def test_scheduled_task_has_no_score_until_promoted(backend: RedisBackend) -> None:
+    """Give a scheduled task its ready score only when it is promoted (then it queues behind)."""
+    result = tasks.noop_task.using(run_after=datetime.now(UTC) + timedelta(hours=1)).enqueue()
+
+    assert backend.store.call(lambda c: c.hget(backend.keys.task(result.id), "score")) is None
+
+
+def test_wake_list_is_capped(backend: RedisBackend) -> None:
+    """Push one wake token per enqueue, never keeping more than WAKE_CAP when no worker listens."""
+    from conveyor.store import WAKE_CAP
+
+    wake = backend.keys.wake("default")
+    tasks.noop_task.enqueue()
+    assert backend.store.call(lambda c: c.llen(wake)) == 1
+
+    for _ in range(WAKE_CAP + 5):
+        tasks.noop_task.enqueue()
+
+    assert backend.store.call(lambda c: c.llen(wake)) == WAKE_CAP

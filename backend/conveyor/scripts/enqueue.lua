@@ -9,25 +9,28 @@
 -- Returns 1 when stored, 0 when a task with this id already exists (a retried call).
 -- Ready score: (100 - priority) * 2^44 + seq, so ZPOPMIN gives the highest priority
 -- first and enqueue order within a priority; scores stay exact doubles below 2^53.
+-- This runs once per enqueue, so it makes as few calls as it can: one HSET per record.
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
 local id = ARGV[1]
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-redis.call('SADD', KEYS[5], ARGV[2])
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if ARGV[4] ~= '' and tonumber(ARGV[4]) > now_ms then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 6))
   redis.call('ZADD', KEYS[4], ARGV[4], id)
 else
   local seq = redis.call('INCR', KEYS[6])
   local score = string.format('%.0f', (100 - tonumber(ARGV[3])) * 17592186044416 + seq)
+  redis.call('HSET', KEYS[1], 'score', score, unpack(ARGV, 6))
   redis.call('ZADD', KEYS[2], score, id)
   redis.call('ZADD', KEYS[3], now_ms, id)
-  redis.call('HSET', KEYS[1], 'score', score)
 end
+redis.call('SADD', KEYS[5], ARGV[2])
 -- Wake an idle worker: for a ready task to claim it, for a scheduled one to
--- recompute how long it may sleep.
-redis.call('LPUSH', KEYS[7], '1')
-redis.call('LTRIM', KEYS[7], 0, tonumber(ARGV[5]) - 1)
+-- recompute how long it may sleep. The list never grows past the cap.
+local cap = tonumber(ARGV[5])
+if redis.call('LPUSH', KEYS[7], '1') > cap then
+  redis.call('LTRIM', KEYS[7], 0, cap - 1)
+end
 return 1
