@@ -1,0 +1,241 @@
+"""Fixtures of the engine tier: conveyor's own Docker engine and the compose stack running on it.
+
+The engine and the base images are provisioned by deploy/engine/provision.sh. When that is not
+possible the tier FAILS with the reason, unless CONVEYOR_ENGINE_OPTIONAL=1, in which case it is
+skipped with a loud message (and only this tier).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+ENGINE_DIR = ROOT / "deploy" / "engine"
+COMPOSE_FILE = ROOT / "deploy" / "compose" / "compose.yaml"
+TOOLS = ROOT / ".tools"
+ENGINE_SOCKET = "/run/conveyor-docker.sock"
+PROJECT = "conveyor-e2e"
+PROVISION_TIMEOUT = 1200  # cold: debootstrap + apt in a chroot; warm: seconds
+UP_TIMEOUT = 900  # cold: two image builds; warm: cached layers
+
+
+def _loud(config: pytest.Config, message: str) -> None:
+    """Write a line to the terminal even while output is captured."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("")
+        reporter.write_line(message, red=True, bold=True)
+
+
+def _unavailable(config: pytest.Config, reason: str) -> None:
+    """Fail the tier with the reason, or skip it loudly when CONVEYOR_ENGINE_OPTIONAL=1."""
+    if os.environ.get("CONVEYOR_ENGINE_OPTIONAL") == "1":
+        message = f"ENGINE TIER SKIPPED (CONVEYOR_ENGINE_OPTIONAL=1): NO DOCKER ENGINE. {reason}"
+        _loud(config, message)
+        pytest.skip(message)
+    pytest.fail(f"the engine tier needs a Docker engine and could not provision one: {reason}", pytrace=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Engine:
+    """conveyor's private Docker engine and the Compose binary that drives it."""
+
+    docker_host: str
+    compose_bin: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment for docker and docker-compose: this engine, no bake, no stray settings."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "COMPOSE_", "CONVEYOR_"))}
+        env.update(DOCKER_HOST=self.docker_host, COMPOSE_BAKE="false")
+        return env
+
+
+@pytest.fixture(scope="session")
+def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """Provision the engine (and stop it at the end if this session started it)."""
+    config = request.config
+    if os.geteuid() != 0:
+        _unavailable(config, "provisioning needs root (dockerd, debootstrap, chroot); this is not root")
+    started_here = (
+        subprocess.run(
+            ["bash", str(ENGINE_DIR / "engine.sh"), "status"], capture_output=True, check=False
+        ).returncode
+        != 0
+    )
+    log_path = TOOLS / "engine" / "provision.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
+    try:
+        with log_path.open("w") as log:
+            proc = subprocess.run(
+                ["bash", str(ENGINE_DIR / "provision.sh")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=PROVISION_TIMEOUT,
+                check=False,
+            )
+        failure = None if proc.returncode == 0 else f"provision.sh exited {proc.returncode}"
+    except subprocess.TimeoutExpired:
+        failure = f"provision.sh took longer than {PROVISION_TIMEOUT}s"
+    if failure is not None:
+        tail = "\n".join(log_path.read_text().splitlines()[-25:])
+        if started_here:
+            _stop_engine()
+        _unavailable(config, f"{failure}; last lines of {log_path}:\n{tail}")
+    _loud(config, f"conveyor engine provisioned in {time.monotonic() - began:.0f}s (log: {log_path})")
+    try:
+        yield Engine(docker_host=f"unix://{ENGINE_SOCKET}", compose_bin=str(TOOLS / "bin" / "docker-compose"))
+    finally:
+        if started_here and os.environ.get("CONVEYOR_ENGINE_KEEP") != "1":
+            _stop_engine()
+
+
+def _stop_engine() -> None:
+    subprocess.run(
+        ["bash", str(ENGINE_DIR / "engine.sh"), "stop"], capture_output=True, timeout=120, check=False
+    )
+
+
+class ComposeError(AssertionError):
+    """A compose command failed; the message carries its output."""
+
+
+@dataclass(kw_only=True)
+class Stack:
+    """The compose stack of deploy/compose, up on the engine, and an HTTP client for its web app."""
+
+    engine: Engine
+    env_file: Path
+    web_port: int
+    first_result_id: str | None = field(default=None)
+
+    @property
+    def web_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def compose(self, *args: str, timeout: float = 120) -> str:
+        """Run docker-compose on the stack; return stdout, raise with the output on failure."""
+        cmd = [
+            self.engine.compose_bin,
+            "--project-name",
+            PROJECT,
+            "--env-file",
+            str(self.env_file),
+            "-f",
+            str(COMPOSE_FILE),
+            *args,
+        ]
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=self.engine.env, timeout=timeout, check=False
+        )
+        if proc.returncode != 0:
+            raise ComposeError(
+                f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            )
+        return proc.stdout
+
+    def docker(self, *args: str) -> str:
+        proc = subprocess.run(
+            ["docker", *args], capture_output=True, text=True, env=self.engine.env, timeout=60, check=True
+        )
+        return proc.stdout
+
+    def containers(self, service: str | None = None) -> list[dict[str, Any]]:
+        """`compose ps --all` as a list of objects (one per container)."""
+        out = self.compose("ps", "--all", "--format", "json", *([service] if service else []))
+        out = out.strip()
+        if not out:
+            return []
+        if out.startswith("["):
+            return list(json.loads(out))
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def request(self, method: str, path: str, body: object | None = None) -> tuple[int, dict[str, Any]]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.web_url + path, data=data, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            payload = exc.read()
+            try:
+                return exc.code, json.loads(payload)
+            except ValueError:
+                return exc.code, {"raw": payload.decode(errors="replace")[:500]}
+
+    def enqueue(self, task: str, *args: object) -> str:
+        """POST /enqueue/<task>; return the new task's id."""
+        status, body = self.request("POST", f"/enqueue/{task}", {"args": list(args)})
+        assert status == 202, (status, body)
+        return str(body["id"])
+
+    def result(self, task_id: str) -> dict[str, Any]:
+        status, body = self.request("GET", f"/results/{task_id}")
+        assert status == 200, (status, body)
+        return body
+
+    def wait_until_finished(self, ids: Iterable[str], timeout: float) -> dict[str, dict[str, Any]]:
+        """Poll until every task is SUCCESSFUL or FAILED; fail with the stragglers after timeout."""
+        pending = set(ids)
+        done: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + timeout
+        while pending:
+            for task_id in sorted(pending):
+                found = self.result(task_id)
+                if found["status"] in ("SUCCESSFUL", "FAILED"):
+                    done[task_id] = found
+                    pending.discard(task_id)
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                states = {i: self.result(i)["status"] for i in sorted(pending)}
+                pytest.fail(f"{len(pending)} task(s) unfinished after {timeout}s: {states}", pytrace=False)
+            time.sleep(0.25)
+        return done
+
+
+@pytest.fixture(scope="session")
+def stack(
+    engine: Engine, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
+    """`docker compose up --build --wait`, then `down -v` at the end (logs kept in .tools/engine)."""
+    env_file = tmp_path_factory.mktemp("compose") / "e2e.env"
+    web_port = free_port()
+    env_file.write_text(
+        f"DJANGO_SECRET_KEY={secrets.token_urlsafe(50)}\n"
+        f"WEB_PORT={web_port}\n"
+        "CONVEYOR_WHEELHOUSE=.tools/wheels\n"
+        "CONVEYOR_CONCURRENCY=4\n"
+        "CONVEYOR_SHUTDOWN_TIMEOUT=25\n"
+        "CONVEYOR_STOP_GRACE_PERIOD=35s\n"
+    )
+    stack = Stack(engine=engine, env_file=env_file, web_port=web_port)
+    # A stack left over by an interrupted run would hold the project's names.
+    stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "5", timeout=120)
+    began = time.monotonic()
+    try:
+        stack.compose("up", "--build", "--detach", "--wait", "--wait-timeout", "300", timeout=UP_TIMEOUT)
+        _loud(request.config, f"compose stack built and healthy in {time.monotonic() - began:.0f}s")
+        yield stack
+    finally:
+        log_path = TOOLS / "engine" / "compose-e2e.log"
+        try:
+            log_path.write_text(stack.compose("logs", "--no-color", "--timestamps", timeout=60))
+        except (ComposeError, subprocess.TimeoutExpired) as exc:
+            log_path.write_text(f"could not collect logs: {exc}\n")
+        stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "40", timeout=180)
