@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -404,7 +405,8 @@ class Store:
 
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
         """Block until some queue signals new work or the timeout passes; True if woken."""
-        if not queues:
+        if not queues:  # nothing to listen on yet (no task ever enqueued): still wait, never spin
+            time.sleep(timeout)
             return False
         keys = [self.keys.wake(q) for q in queues]
         with self._boundary():
