@@ -25,6 +25,14 @@ def wait_for_server_ms(store: Store, target_ms: int) -> None:
         time.sleep(0.01)
 
 
+def make_due(backend: RedisBackend, task_ids: list[str], queue: str = "default") -> None:
+    """Move scheduled tasks' due time to the past, as if their run_after had come (no sleeping)."""
+    past = backend.store.server_time_ms() - 1_000
+    key = backend.keys.scheduled(queue)
+    changed = backend.store.call(lambda c: c.zadd(key, dict.fromkeys(task_ids, past), xx=True, ch=True))
+    assert changed == len(task_ids)
+
+
 def field(backend: RedisBackend, task_id: str, name: str) -> str | None:
     """Return one raw field of a task hash as text."""
     raw = backend.store.call(lambda c: c.hget(backend.keys.task(task_id), name))
@@ -360,12 +368,11 @@ def test_promote_moves_due_tasks_exactly_once_under_concurrency(
 ) -> None:
     """Promote each due task exactly once when ten workers race to promote at the same moment."""
     store, keys = backend.store, backend.keys
-    # Given 50 tasks scheduled a moment ahead with mixed priorities, and one far in the future
-    due_ms = store.server_time_ms() + 100
-    run_after = datetime.fromtimestamp(due_ms / 1000, UTC)
+    # Given 50 scheduled tasks with mixed priorities that have fallen due, and one not yet due
+    run_after = datetime.now(UTC) + timedelta(hours=1)
     scheduled = [tasks.noop_task.using(priority=i % 7, run_after=run_after).enqueue().id for i in range(50)]
     later = tasks.noop_task.using(run_after=run_after + timedelta(hours=1)).enqueue()
-    wait_for_server_ms(store, due_ms + 1)
+    make_due(backend, scheduled)
     sweepers = [make_backend().store for _ in range(10)]
     start = threading.Barrier(len(sweepers))
     promoted: list[int] = []
