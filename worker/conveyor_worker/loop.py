@@ -73,6 +73,7 @@ class Worker:
         self._cond = threading.Condition()  # guards _running and claimed; signals slot changes
         self._work = threading.Condition()  # idle processors wait here for the listener
         self._idle = 0
+        self._went_idle = threading.Event()  # tells the main thread to listen again
         self._local = threading.local()
         self._stop = threading.Event()
         self._watch_wake = threading.Event()
@@ -123,6 +124,7 @@ class Worker:
             )
             self.state = State.DRAINING
         self._stop.set()
+        self._went_idle.set()
         self._wake_processors(every=True)
         with self._cond:
             self._cond.notify_all()
@@ -201,11 +203,9 @@ class Worker:
             with self._work:
                 self._work.wait(timeout=0.02)
             return
-        if idle == 0:
-            with self._work:
-                self._work.wait_for(
-                    lambda: self._idle > 0 or self._stop.is_set(), self.settings.block_seconds
-                )
+        if idle == 0:  # every processor is busy: nothing to rouse until one goes idle
+            self._went_idle.wait(self.settings.block_seconds)
+            self._went_idle.clear()
             return
         timeout = min(
             self.settings.block_seconds,
@@ -293,6 +293,7 @@ class Worker:
                     if not self._accepting():
                         break
                     self._idle += 1
+                    self._went_idle.set()
                     self._work.wait()
                     self._idle -= 1
                 continue
