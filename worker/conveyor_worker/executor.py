@@ -23,6 +23,8 @@ from django.tasks.base import Task, TaskContext, TaskError, TaskResult, TaskResu
 from django.tasks.exceptions import TaskResultDoesNotExist
 from django.tasks.signals import task_finished, task_started
 
+from .runners import interrupt_thread
+
 Kind = Literal["succeeded", "failed", "retry", "rejected"]
 
 
@@ -63,6 +65,16 @@ class Attempt:
                 return False
             self._finalized = True
             return True
+
+    def interrupt(self, exc_type: type[BaseException]) -> bool:
+        """Raise exc_type in the thread running this attempt; False once that thread has left it."""
+        with self._lock:
+            return self.thread_id is not None and interrupt_thread(self.thread_id, exc_type)
+
+    def leave(self) -> None:
+        """Note that the thread is done with this attempt (it may go on to run another task)."""
+        with self._lock:
+            self.thread_id = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -176,6 +188,7 @@ class Executor:
             self._succeeded(attempt, value, text)
         finally:
             close_old_connections()
+            attempt.leave()  # a late timeout interrupt must not land in this thread's next task
 
     async def run_async(self, attempt: Attempt) -> None:
         """Run a coroutine task on the running event loop."""

@@ -18,7 +18,7 @@ from conveyor.store import Claimed, Promotion, ScriptCall, Store
 
 from .executor import Attempt, Executor, Verdict
 from .metrics import Metrics
-from .runners import AsyncRunner, Processors, interrupt_thread
+from .runners import AsyncRunner, Processors
 from .settings import WorkerSettings
 
 logger = logging.getLogger("conveyor_worker")
@@ -492,7 +492,7 @@ class Worker:
             # The stuck thread is replaced at once so the slot is free; the interrupt ends
             # the task at its next Python instruction (not inside a blocking C call).
             self._processors.retire(thread_id)
-            interrupt_thread(thread_id, TaskTimeout)
+            attempt.interrupt(TaskTimeout)
 
     def _renew(self) -> None:
         leases = [(a.task_id, a.queue) for a in list(self._running.values()) if not a.lease_lost]
