@@ -15,6 +15,11 @@ step() {
   log "step $name: $((SECONDS - start))s"
 }
 
+# Two provisioning runs at once would race on the caches and the engine's start.
+mkdir -p "$TOOLS_DIR/engine"
+exec 9>"$TOOLS_DIR/engine/provision.lock"
+flock --wait 1500 9 || die "another provision.sh kept $TOOLS_DIR/engine/provision.lock for 1500s"
+
 step engine "$ENGINE_DIR/engine.sh" start
 step base-images "$ENGINE_DIR/base-images.sh"
 step wheelhouse "$ENGINE_DIR/wheelhouse.sh"

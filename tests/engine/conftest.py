@@ -7,17 +7,20 @@ skipped with a loud message (and only this tier).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
+import shlex
 import subprocess
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -27,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]
 ENGINE_DIR = ROOT / "deploy" / "engine"
 COMPOSE_FILE = ROOT / "deploy" / "compose" / "compose.yaml"
 TOOLS = ROOT / ".tools"
-ENGINE_SOCKET = "/run/conveyor-docker.sock"
 PROJECT = "conveyor-e2e"
+LOCK_PATH = Path("/run/conveyor-engine-tier.lock")
+LOCK_TIMEOUT = 1200
 PROVISION_TIMEOUT = 1200  # cold: debootstrap + apt in a chroot; warm: seconds
 UP_TIMEOUT = 900  # cold: two image builds; warm: cached layers
 
@@ -36,7 +40,11 @@ UP_TIMEOUT = 900  # cold: two image builds; warm: cached layers
 def _loud(config: pytest.Config, message: str) -> None:
     """Write a line to the terminal even while output is captured."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        print(message)
+        return
+    with capture.global_and_fixture_disabled():
         reporter.write_line("")
         reporter.write_line(message, red=True, bold=True)
 
@@ -44,8 +52,12 @@ def _loud(config: pytest.Config, message: str) -> None:
 def _unavailable(config: pytest.Config, reason: str) -> None:
     """Fail the tier with the reason, or skip it loudly when CONVEYOR_ENGINE_OPTIONAL=1."""
     if os.environ.get("CONVEYOR_ENGINE_OPTIONAL") == "1":
-        message = f"ENGINE TIER SKIPPED (CONVEYOR_ENGINE_OPTIONAL=1): NO DOCKER ENGINE. {reason}"
+        message = (
+            "ENGINE TIER SKIPPED (CONVEYOR_ENGINE_OPTIONAL=1): "
+            f"no Docker engine could be provisioned: {reason}"
+        )
         _loud(config, message)
+        warnings.warn(message, stacklevel=1)
         pytest.skip(message)
     pytest.fail(f"the engine tier needs a Docker engine and could not provision one: {reason}", pytrace=False)
 
@@ -71,6 +83,40 @@ def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     config = request.config
     if os.geteuid() != 0:
         _unavailable(config, "provisioning needs root (dockerd, debootstrap, chroot); this is not root")
+    # One engine-tier session at a time on this machine: they share the engine, the project name
+    # and the published port range, and the session that started the engine stops it.
+    lock = _session_lock(config)
+    try:
+        yield from _provisioned_engine(config)
+    finally:
+        lock.close()
+
+
+def _session_lock(config: pytest.Config) -> IO[str]:
+    """Hold LOCK_PATH exclusively, waiting a bounded time for another session to finish."""
+    handle = LOCK_PATH.open("a+")
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    announced = False
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                handle.close()
+                pytest.fail(f"{LOCK_PATH} stayed locked {LOCK_TIMEOUT}s by another session", pytrace=False)
+            if not announced:
+                _loud(config, f"waiting for another engine-tier session to release {LOCK_PATH}")
+                announced = True
+            time.sleep(2)
+            continue
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        return handle
+
+
+def _provisioned_engine(config: pytest.Config) -> Iterator[Engine]:
     started_here = (
         subprocess.run(
             ["bash", str(ENGINE_DIR / "engine.sh"), "status"], capture_output=True, check=False
@@ -99,10 +145,18 @@ def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
         _unavailable(config, f"{failure}; last lines of {log_path}:\n{tail}")
     _loud(config, f"conveyor engine provisioned in {time.monotonic() - began:.0f}s (log: {log_path})")
     try:
-        yield Engine(docker_host=f"unix://{ENGINE_SOCKET}", compose_bin=str(TOOLS / "bin" / "docker-compose"))
+        yield Engine(docker_host=_docker_host(), compose_bin=str(TOOLS / "bin" / "docker-compose"))
     finally:
         if started_here and os.environ.get("CONVEYOR_ENGINE_KEEP") != "1":
             _stop_engine()
+
+
+def _docker_host() -> str:
+    """The engine's DOCKER_HOST, as engine.sh computes it (honouring its CONVEYOR_ENGINE_* overrides)."""
+    out = subprocess.run(
+        ["bash", str(ENGINE_DIR / "engine.sh"), "env"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    return shlex.split(out.strip().removeprefix("export DOCKER_HOST="))[0]
 
 
 def _stop_engine() -> None:
