@@ -280,7 +280,9 @@ class Worker:
         local = self._local
         local.processor = True
         local.next = []
-        while self._accepting():
+        # A task claimed together with the last record was claimed before any stop: it is
+        # in flight, so it runs (within the shutdown timeout) like the one before it.
+        while self._accepting() or local.next:
             claimed: Claimed | None = local.next.pop() if local.next else None
             if claimed is None:
                 try:
@@ -298,8 +300,6 @@ class Worker:
                     self._idle -= 1
                 continue
             self._execute(claimed)
-        for leftover in local.next:  # claimed with the last record, after draining began
-            self._give_back(leftover.task_id, leftover.queue)
 
     def _claim_one(self) -> Claimed | None:
         if not self._queues or not self._reserve():
@@ -534,10 +534,12 @@ class Worker:
     def _drain(self) -> None:
         """Give running tasks up to the shutdown timeout, then return the rest to their queues."""
         deadline = time.monotonic() + self.settings.shutdown_timeout
+        assert self._processors is not None
         with self._cond:
-            while self._running and time.monotonic() < deadline:
+            # Wait for the processors too: one may hold a task it claimed with its last record.
+            while (self._running or self._processors.active) and time.monotonic() < deadline:
                 self.loop_beat = time.monotonic()
-                self._cond.wait(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
+                self._cond.wait(timeout=min(0.05, max(0.0, deadline - time.monotonic())))
             left = list(self._running.values())
         for attempt in left:
             if not attempt.finalize():

@@ -73,6 +73,12 @@ class Processors:
             return sum(1 for t in self._retired if t in self._threads)
 
     @property
+    def active(self) -> int:
+        """Return how many threads that were not retired are running."""
+        with self._lock:
+            return sum(1 for t in self._threads if t not in self._retired)
+
+    @property
     def alive(self) -> int:
         """Return how many threads are running."""
         with self._lock:
