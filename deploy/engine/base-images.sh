@@ -12,6 +12,7 @@
 # only re-imports (or finds the images already present and does nothing).
 #
 # Environment: CONVEYOR_PYTHON_PREFIX (default: pyenv's 3.12 build), CONVEYOR_DEBIAN_MIRROR.
+# shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 PYTHON_TAG="python:3.12-slim-bookworm"
@@ -35,9 +36,9 @@ find_python_prefix() {
 }
 
 cache_key() {
-  # Anything that changes the root filesystems changes the key.
+  # Anything that changes the root filesystems changes the key (comment lines do not).
   {
-    cat "$ENGINE_DIR/base-images.sh"
+    grep -v '^[[:space:]]*#' "$ENGINE_DIR/base-images.sh"
     printf '%s\n' "$MIRROR" "$PYTHON_PREFIX"
     "$PYTHON_PREFIX/bin/python3.12" -VV
   } | sha256sum | cut -c1-16

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # the variables are used by the scripts that source this
 # Paths and helpers shared by the engine scripts; sourced, never run.
 #
 # Everything this directory starts or builds is private to conveyor: its own dockerd data-root,

@@ -10,6 +10,7 @@
 # another engine on the host. It runs without iptables rules and without IP forwarding: containers
 # reach each other on compose networks and the host reaches published ports through docker-proxy,
 # but containers get no route out. Images are built offline (see base-images.sh, wheelhouse.sh).
+# shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 start_engine() {

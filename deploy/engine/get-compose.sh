@@ -8,6 +8,7 @@
 # by version and SHA-256, and call it directly: the package's Python wrapper drops exit codes.
 # It is also linked as a CLI plugin under .tools/docker/cli-plugins, so
 # `DOCKER_CONFIG=.tools/docker docker compose ...` works with any docker client.
+# shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 COMPOSE_VERSION="2.40.3"

@@ -5,6 +5,7 @@
 #
 # Each step is idempotent and cached (see README.md here), so a warm run takes seconds.
 # Stop the engine afterwards with `deploy/engine/engine.sh stop`.
+# shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 step() {

@@ -8,6 +8,7 @@
 # extra, its build backend (pyproject's build-system.requires) and gunicorn at the version
 # Dockerfile.web pins. Idempotent: a stamp of the requirement list skips the download when
 # nothing changed.
+# shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 WHEELS_DIR="$TOOLS_DIR/wheels"
@@ -43,7 +44,7 @@ main() {
     log "wheelhouse $WHEELS_DIR is current ($(find "$WHEELS_DIR" -name '*.whl' | wc -l) wheels)"
     return 0
   fi
-  log "downloading wheels into $WHEELS_DIR: $(printf '%s ' $reqs)"
+  log "downloading wheels into $WHEELS_DIR: $(tr '\n' ' ' <<<"$reqs")"
   rm -rf "$WHEELS_DIR"
   mkdir -p "$WHEELS_DIR"
   local -a args
