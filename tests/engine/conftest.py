@@ -293,3 +293,5 @@ def stack(
         except (ComposeError, subprocess.TimeoutExpired) as exc:
             log_path.write_text(f"could not collect logs: {exc}\n")
         stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "40", timeout=180)
+        # Images replaced by this run's builds (the build cache stays for the next run).
+        stack.docker("image", "prune", "--force")
