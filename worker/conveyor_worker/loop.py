@@ -138,6 +138,7 @@ class Worker:
         with contextlib.suppress(RedisUnavailable):  # the loop below reports it and retries
             self._current_queues()  # so the processors know where to claim from the start
         self._processors = Processors(self.settings.concurrency, self._process, "conveyor-task")
+        self._processors.start()
         failures = 0
         while self.state is State.READY:
             self.loop_beat = time.monotonic()

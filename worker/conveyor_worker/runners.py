@@ -23,13 +23,17 @@ class Processors:
     """Threads that each run target() until it returns; a thread stuck in a task can be retired."""
 
     def __init__(self, size: int, target: Callable[[], None], name: str) -> None:
+        self._size = size
         self._target = target
         self._name = name
         self._lock = threading.Lock()
         self._retired: set[int] = set()
         self._threads: dict[int, threading.Thread] = {}
         self._counter = 0
-        for _ in range(size):
+
+    def start(self) -> None:
+        """Start the threads (separate from __init__, so their owner can keep a reference first)."""
+        for _ in range(self._size):
             self._spawn()
 
     def _spawn(self) -> None:
