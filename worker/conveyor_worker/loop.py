@@ -187,11 +187,14 @@ class Worker:
             self._reclaim_at = now + self._reclaim_every
             if requeued:
                 self._wake_processors(every=True)
-        if self.settings.max_tasks and self.claimed >= self.settings.max_tasks and self.busy == 0:
-            self._finish_run("max tasks reached")
-            return
         with self._work:
             idle = self._idle
+        # Stop only once every processor is idle: a claimed task is not in _running (busy)
+        # until it has been prepared, and the drain would cut it off at the shutdown timeout.
+        spent = self.settings.max_tasks and self.claimed >= self.settings.max_tasks
+        if spent and idle == self.settings.concurrency:
+            self._finish_run("max tasks reached")
+            return
         if self.settings.batch:
             if idle == self.settings.concurrency:
                 # Every processor found nothing; promote again now, so a retry they scheduled
