@@ -7,6 +7,8 @@ and measures, in the same run and in alternating rounds:
           same-sized record, over a client with the socket timeouts conveyor sets
   django  task.enqueue(...): validation, TaskResult, encoding, one round trip, task_enqueued
 and, for reference:
+  floor   what any django.tasks backend pays around the raw round trip: backend lookup,
+          Django's validate_task, a TaskResult (argument normalisation) and task_enqueued
   store   conveyor's Store.enqueue alone (the real enqueue script, no Django)
   untimed the raw loop on a client without socket timeouts (CPython then skips a poll() per
           send and receive; conveyor needs the timeouts to fail fast when Redis hangs)
@@ -77,6 +79,9 @@ def build_runners(url: str) -> tuple[dict[str, Callable[[int], None]], Callable[
     import redis
     from conveyor import codec
     from django.tasks import default_task_backend
+    from django.tasks.backends.base import BaseTaskBackend
+    from django.tasks.base import TaskResult, TaskResultStatus
+    from django.tasks.signals import task_enqueued
 
     from tests.tasks import noop_task
 
@@ -117,7 +122,35 @@ def build_runners(url: str) -> tuple[dict[str, Callable[[int], None]], Callable[
         for _ in range(calls):
             noop_task.enqueue(*ARGS, **KWARGS)
 
-    runners = {"raw": run_raw, "django": run_django, "store": run_store, "untimed": run_untimed}
+    def run_floor(calls: int) -> None:
+        # What any django.tasks backend pays around its one round trip: the backend lookup,
+        # Django's validation, a TaskResult (which normalises the arguments) and the signal.
+        for _ in range(calls):
+            BaseTaskBackend.validate_task(noop_task.get_backend(), noop_task)
+            result = TaskResult(
+                task=noop_task,
+                id=secrets.token_urlsafe(24),
+                status=TaskResultStatus.READY,
+                enqueued_at=datetime.now(UTC),
+                started_at=None,
+                last_attempted_at=None,
+                finished_at=None,
+                args=ARGS,
+                kwargs=KWARGS,
+                backend="default",
+                errors=[],
+                worker_ids=[],
+            )
+            raw_script(keys=[keys.task(result.id), ready], args=flat)
+            task_enqueued.send(type(backend), task_result=result)
+
+    runners = {
+        "raw": run_raw,
+        "django": run_django,
+        "floor": run_floor,
+        "store": run_store,
+        "untimed": run_untimed,
+    }
     return runners, raw.flushdb
 
 
@@ -158,7 +191,7 @@ def main() -> int:
     ratio = medians["django"] / medians["raw"]
     report = {
         "benchmark": "enqueue",
-        "command": "python bench/bench_enqueue.py " + " ".join(sys.argv[1:]),
+        "command": " ".join([".venv/bin/python bench/bench_enqueue.py", *sys.argv[1:]]),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {platform.system()}",
@@ -174,6 +207,7 @@ def main() -> int:
         "median_us_per_call": {name: round(1e6 / medians[name], 1) for name in rounds},
         "median_client_cpu_us_per_call": {name: round(v, 1) for name, v in cpu_medians.items()},
         "django_vs_raw": round(ratio, 3),
+        "floor_vs_raw": round(medians["floor"] / medians["raw"], 3),
         "target": 0.6,
         "load_average_1m": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
@@ -185,6 +219,7 @@ def main() -> int:
             f"{name:<8} {medians[name]:>13,.0f} {1e6 / medians[name]:>9.1f} {cpu_medians[name]:>12.1f} "
             f"{min(values):>10,.0f} {max(values):>10,.0f}"
         )
+    print(f"floor / raw = {medians['floor'] / medians['raw']:.1%}")
     print(f"django / raw = {ratio:.1%} (target >= 60%)  [{version}; load {os.getloadavg()[0]:.2f}]")
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     opts.out.write_text(json.dumps(report, indent=2) + "\n")
