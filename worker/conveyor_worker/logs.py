@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 # Attributes a log call may attach with extra={...}; anything else is ignored.
 FIELDS = (
@@ -72,12 +73,70 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class BatchingHandler(logging.Handler):
+    """Format records at once but write them in batches from a background thread.
+
+    One write and flush per line cost more than running a no-op task; lines are
+    written at least every `interval` seconds, when `max_pending` are waiting, and
+    on flush()/close() (logging.shutdown() at exit). A SIGKILL can lose the last
+    interval of lines, never a task.
+    """
+
+    def __init__(self, stream: TextIO, interval: float = 0.05, max_pending: int = 1000) -> None:
+        super().__init__()
+        self.stream = stream
+        self.interval = interval
+        self.max_pending = max_pending
+        self._pending: list[str] = []
+        self._wake = threading.Event()
+        self._closed = False
+        self._writer = threading.Thread(target=self._run, name="conveyor-log-writer", daemon=True)
+        self._writer.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Queue one formatted line."""
+        try:
+            line = self.format(record) + "\n"
+        except Exception:
+            self.handleError(record)
+            return
+        with self.lock:  # type: ignore[union-attr]
+            self._pending.append(line)
+            full = len(self._pending) >= self.max_pending
+        if full or record.levelno >= logging.ERROR:
+            self._wake.set()
+
+    def flush(self) -> None:
+        """Write every waiting line now."""
+        with self.lock:  # type: ignore[union-attr]
+            lines, self._pending = self._pending, []
+        if lines:
+            try:
+                self.stream.write("".join(lines))
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass  # stdout closed or broken: nothing sensible to do with log lines
+
+    def close(self) -> None:
+        """Write what is left and stop the writer."""
+        self._closed = True
+        self._wake.set()
+        self.flush()
+        super().close()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            self.flush()
+
+
 def configure_logging(log_format: str, level: str) -> None:
     """Send every log record to stdout in the chosen format."""
     # Two lines per task: skip the stack walk and thread/process lookups no formatter here uses.
     logging._srcfile = None  # type: ignore[attr-defined]
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stdout)
+    handler = BatchingHandler(sys.stdout)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
