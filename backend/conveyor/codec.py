@@ -183,10 +183,15 @@ def _json(fields: Mapping[str, str], name: str, kind: type, default: str | None 
 def decode(task_id: str, raw: Mapping[Any, Any]) -> TaskRecord:
     """Decode a task hash into a TaskRecord; raise CorruptRecord on anything unexpected."""
     try:
-        fields = {
-            (k.decode() if isinstance(k, bytes) else str(k)): (v.decode() if isinstance(v, bytes) else str(v))
-            for k, v in raw.items()
-        }
+        try:  # what Redis returns: bytes keys and values
+            fields = {k.decode(): v.decode() for k, v in raw.items()}
+        except AttributeError:
+            fields = {
+                (k.decode() if isinstance(k, bytes) else str(k)): (
+                    v.decode() if isinstance(v, bytes) else str(v)
+                )
+                for k, v in raw.items()
+            }
         version = _text(fields, "v")
         if version != VERSION:
             raise CorruptRecord(f"unknown record version {version!r}")

@@ -25,6 +25,12 @@ from .exceptions import ConveyorError, RedisUnavailable
 from .keys import Keys
 from .options import Options
 
+pack_command: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command
+except ImportError:  # hiredis is an optional extra
+    pack_command = None
+
 SCRIPT_NAMES = ("enqueue", "claim", "finish", "retry", "renew", "release", "reclaim", "promote")
 # Idle workers block on a per-queue list; enqueue pushes one token and trims the list
 # so tokens from a busy period cannot pile up.
@@ -345,7 +351,11 @@ class Store:
 
     def _send(self, conn: Any, calls: Sequence[ScriptCall]) -> list[Any]:
         commands = [("EVALSHA", self.script(c.name).sha, len(c.keys), *c.keys, *c.args) for c in calls]
-        conn.send_packed_command(conn.pack_commands(commands))
+        if pack_command is not None:  # hiredis packs str/int arguments directly, without redis-py's pass
+            packed: Any = [b"".join(pack_command(cmd) for cmd in commands)]
+        else:
+            packed = conn.pack_commands(commands)
+        conn.send_packed_command(packed)
         replies: list[Any] = []
         for _ in calls:
             try:

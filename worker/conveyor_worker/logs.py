@@ -44,8 +44,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        attrs = record.__dict__  # extra={...} lands here; a dict lookup beats getattr's miss
         for name in FIELDS:
-            value = getattr(record, name, None)
+            value = attrs.get(name)
             if value is not None:
                 line[name] = value
         if record.exc_info and "traceback" not in line:
@@ -60,8 +61,9 @@ class TextFormatter(logging.Formatter):
         """Return the text line for a record."""
         stamp = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S.%f")[:-3]
         parts = [f"{stamp} {record.levelname:<7} {record.getMessage()}"]
+        attrs = record.__dict__
         for name in FIELDS:
-            value = getattr(record, name, None)
+            value = attrs.get(name)
             if value is not None and name not in ("event", "traceback"):
                 parts.append(f"{name}={value}")
         text = " ".join(parts)

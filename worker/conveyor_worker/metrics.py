@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable
+from itertools import accumulate
 
 from conveyor.store import QueueStats
 
@@ -39,12 +41,9 @@ class Metrics:
 
     def observe(self, queue: str, seconds: float) -> None:
         """Record one task duration."""
-        with self._lock:
+        with self._lock:  # per-bucket counts; render() accumulates them
             buckets = self._buckets.setdefault(queue, [0] * (len(BUCKETS) + 1))
-            for i, bound in enumerate(BUCKETS):
-                if seconds <= bound:
-                    buckets[i] += 1
-            buckets[-1] += 1
+            buckets[bisect_left(BUCKETS, seconds)] += 1
             self._sums[queue] += seconds
 
     def set_busy(self, busy: int) -> None:
@@ -95,15 +94,14 @@ class Metrics:
                 if counter == name:
                     out.append(f'conveyor_tasks_{name}_total{{queue="{_label(queue)}"}} {value}')
         family("task_duration_seconds", "histogram", "Time a task attempt ran.")
-        for queue, counts_by_bucket in sorted(buckets.items()):
+        for queue, per_bucket in sorted(buckets.items()):
             q = _label(queue)
-            for bound, n in zip(BUCKETS, counts_by_bucket, strict=False):
+            cumulative = list(accumulate(per_bucket))
+            for bound, n in zip(BUCKETS, cumulative, strict=False):
                 out.append(f'conveyor_task_duration_seconds_bucket{{queue="{q}",le="{bound}"}} {n}')
-            out.append(
-                f'conveyor_task_duration_seconds_bucket{{queue="{q}",le="+Inf"}} {counts_by_bucket[-1]}'
-            )
+            out.append(f'conveyor_task_duration_seconds_bucket{{queue="{q}",le="+Inf"}} {cumulative[-1]}')
             out.append(f'conveyor_task_duration_seconds_sum{{queue="{q}"}} {sums[queue]:.6f}')
-            out.append(f'conveyor_task_duration_seconds_count{{queue="{q}"}} {counts_by_bucket[-1]}')
+            out.append(f'conveyor_task_duration_seconds_count{{queue="{q}"}} {cumulative[-1]}')
         family("worker_busy_slots", "gauge", "Slots running a task now.")
         out.append(f"conveyor_worker_busy_slots {busy}")
         family("worker_slots", "gauge", "Tasks this process runs at once.")

@@ -1,0 +1,28 @@
+"""The store's one-round-trip path works with and without hiredis's packer."""
+
+from __future__ import annotations
+
+import conveyor.store as store_mod
+import pytest
+
+from tests import tasks
+
+
+@pytest.mark.parametrize("hiredis_packer", [True, False], ids=["hiredis", "redis-py"])
+def test_claim_and_finish_through_either_packer(
+    backend: object, monkeypatch: pytest.MonkeyPatch, hiredis_packer: bool
+) -> None:
+    """Packing the EVALSHAs with hiredis or with redis-py sends the same commands."""
+    if not hiredis_packer:
+        monkeypatch.setattr(store_mod, "pack_command", None)
+    elif store_mod.pack_command is None:
+        pytest.fail("hiredis is part of the test install; its packer should be in use")
+    store = backend.store  # type: ignore[attr-defined]
+    result = tasks.noop_task.enqueue()
+
+    claimed = store.claim(["default"], "w1", 10_000, 5)
+    assert [c.task_id for c in claimed] == [result.id]
+    stored = store.finish(result.id, "default", "w1", "SUCCESSFUL", 60, {"finished_at": "1", "result": "7"})
+
+    assert stored is True
+    assert backend.get_result(result.id).return_value == 7  # type: ignore[attr-defined]
