@@ -1,0 +1,70 @@
+"""Extra tasks for the worker tests (module path tests.worker.worker_tasks.*)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from django.tasks import TaskContext, task
+
+
+@task()
+def record_interval(seconds: float) -> list[float]:
+    """Sleep and return the wall-clock interval the task body really ran in."""
+    start = time.time()
+    time.sleep(seconds)
+    return [start, time.time()]
+
+
+@task(takes_context=True, max_attempts=2, retry_backoff=0.0)
+def fail_first_attempt(context: TaskContext) -> int:
+    """Fail on the first attempt, succeed on the second; return the attempt number."""
+    if context.attempt < 2:
+        raise RuntimeError(f"attempt {context.attempt} fails")
+    return context.attempt
+
+
+@task(max_attempts=3, retry_backoff=60.0)
+def fails_with_backoff() -> None:
+    """Fail, with a long retry backoff."""
+    raise RuntimeError("fails, retry later")
+
+
+@task(timeout=0.5)
+def spins_past_timeout(path: str) -> None:
+    """Run Python code past the timeout (interruptible); append how the loop ended."""
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    except BaseException as exc:
+        with Path(path).open("a") as fh:
+            fh.write(f"interrupted by {type(exc).__name__}\n")
+        raise
+    with Path(path).open("a") as fh:
+        fh.write("spun to the end\n")
+
+
+@task()
+def secret_echo(secret: str) -> dict[str, str]:
+    """Return the argument (tests check it never reaches INFO logs)."""
+    return {"echo": secret}
+
+
+@task()
+def fails_with_message(message: str) -> None:
+    """Raise an error carrying the argument."""
+    raise ValueError(message)
+
+
+@task()
+def slow_first_time(path: str, seconds: float) -> str:
+    """Sleep on the first delivery only (a file remembers it); later deliveries return at once."""
+    marker = Path(path)
+    first = not marker.exists()
+    with marker.open("a") as fh:
+        fh.write("ran\n")
+    if first:
+        time.sleep(seconds)
+        return "slow"
+    return "fast"
