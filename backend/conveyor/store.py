@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import weakref
@@ -93,6 +94,8 @@ class Store:
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, dict[str, Any]]]
         self._async = weakref.WeakKeyDictionary()
         self._held = threading.local()  # a connection a worker thread keeps (hold_connection)
+        self._spare: list[Any] = []  # connections run() reuses, last in first out
+        self._spare_pid = os.getpid()
 
     # -- connections -------------------------------------------------------------
 
@@ -144,6 +147,8 @@ class Store:
 
     def close(self) -> None:
         """Close the synchronous pool."""
+        while self._spare:
+            self._spare.pop().disconnect()
         if self._client is not None:
             self._client.close()
             self._client.connection_pool.disconnect()
@@ -186,7 +191,7 @@ class Store:
 
     def _enqueue_call(
         self, task_id: str, queue: str, priority: int, due_ms: int | None, fields: dict[str, str]
-    ) -> tuple[list[str], list[str]]:
+    ) -> tuple[list[str], list[Any]]:
         k = self.keys
         keys = [
             k.task(task_id),
@@ -197,7 +202,7 @@ class Store:
             k.seq,
             k.wake(queue),
         ]
-        args = [task_id, queue, str(priority), "" if due_ms is None else str(due_ms), str(WAKE_CAP)]
+        args: list[Any] = [task_id, queue, priority, "" if due_ms is None else due_ms, WAKE_CAP]
         for name, value in fields.items():
             args += (name, value)
         return keys, args
@@ -207,8 +212,8 @@ class Store:
     ) -> bool:
         """Store a task atomically in one round trip; False when the id already existed."""
         keys, args = self._enqueue_call(task_id, queue, priority, due_ms, fields)
-        with self._boundary():
-            return bool(self.script("enqueue")(keys=keys, args=args))
+        (stored,) = self.run([ScriptCall(name="enqueue", keys=keys, args=args)])
+        return bool(stored)
 
     async def aenqueue(
         self, task_id: str, queue: str, priority: int, due_ms: int | None, fields: dict[str, str]
@@ -311,31 +316,47 @@ class Store:
         pool = self.client.connection_pool
         held = getattr(self._held, "conn", None)
         for attempt in (1, 2):
-            conn = held or pool.get_connection()
+            conn = None
             try:
-                replies = self._send(conn, calls)
-                missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-                if missing:
-                    for name in {calls[i].name for i in missing}:
-                        conn.send_command("SCRIPT", "LOAD", script_source(name))
-                        conn.read_response()
-                    for i, reply in zip(missing, self._send(conn, [calls[i] for i in missing]), strict=True):
-                        replies[i] = reply
+                if held is not None:
+                    conn = held
+                else:  # a spare from an earlier call: skips the pool's per-checkout poll and hooks
+                    if self._spare_pid != os.getpid():  # forked: the parent's sockets are not ours
+                        self._spare, self._spare_pid = [], os.getpid()
+                    try:
+                        conn = self._spare.pop()
+                    except IndexError:
+                        conn = pool.make_connection()
+                replies = self._exchange(conn, calls)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                conn.disconnect()
+                if conn is not None:
+                    conn.disconnect()
                 if attempt == 2:
-                    raise self._translate(
-                        exc if isinstance(exc, RedisError) else RedisConnectionError(str(exc))
-                    ) from exc
+                    error = exc if isinstance(exc, RedisError) else RedisConnectionError(str(exc))
+                    raise self._translate(error) from exc
                 continue
+            except RedisError as exc:
+                raise self._translate(exc) from exc
             finally:
-                if held is None:
-                    pool.release(conn)
+                if conn is not None and held is None:
+                    self._spare.append(conn)
             for reply in replies:
                 if isinstance(reply, RedisError):
                     raise self._translate(reply) from reply
             return replies
         raise AssertionError("unreachable")
+
+    def _exchange(self, conn: Any, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Send the calls; load scripts Redis lost and send again only the calls that needed them."""
+        replies = self._send(conn, calls)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            for name in {calls[i].name for i in missing}:
+                conn.send_command("SCRIPT", "LOAD", script_source(name))
+                conn.read_response()
+            for i, reply in zip(missing, self._send(conn, [calls[i] for i in missing]), strict=True):
+                replies[i] = reply
+        return replies
 
     @contextmanager
     def hold_connection(self) -> Iterator[None]:

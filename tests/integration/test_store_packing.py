@@ -26,3 +26,28 @@ def test_claim_and_finish_through_either_packer(
 
     assert stored is True
     assert backend.get_result(result.id).return_value == 7  # type: ignore[attr-defined]
+
+
+def test_a_forked_child_does_not_reuse_the_parents_connections(backend: object) -> None:
+    """After fork (gunicorn --preload), the child opens its own connection for enqueue."""
+    import os
+
+    # Given a parent that enqueued once, so it holds a spare connection
+    tasks.noop_task.enqueue()
+    parent_spares = list(backend.store._spare)  # type: ignore[attr-defined]
+    assert parent_spares
+
+    # When a forked child enqueues
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        try:
+            tasks.noop_task.enqueue()
+            reused = any(c in parent_spares for c in backend.store._spare)  # type: ignore[attr-defined]
+            os._exit(1 if reused else 0)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+
+    # Then it used a connection of its own, and the parent's still works
+    assert os.waitstatus_to_exitcode(status) == 0
+    tasks.noop_task.enqueue()
