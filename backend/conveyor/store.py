@@ -314,19 +314,19 @@ class Store:
         that failed with NOSCRIPT are sent again; a broken connection is retried once.
         """
         pool = self.client.connection_pool
-        held = getattr(self._held, "conn", None)
+        holding = getattr(self._held, "active", False)
         for attempt in (1, 2):
-            conn = None
+            conn = self._held.conn if holding else None
             try:
-                if held is not None:
-                    conn = held
-                else:  # a spare from an earlier call: skips the pool's per-checkout poll and hooks
+                if conn is None:  # a spare from an earlier call skips the pool's per-checkout checks
                     if self._spare_pid != os.getpid():  # forked: the parent's sockets are not ours
                         self._spare, self._spare_pid = [], os.getpid()
                     try:
                         conn = self._spare.pop()
                     except IndexError:
                         conn = pool.make_connection()
+                    if holding:
+                        self._held.conn = conn
                 replies = self._exchange(conn, calls)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 if conn is not None:
@@ -338,7 +338,7 @@ class Store:
             except RedisError as exc:
                 raise self._translate(exc) from exc
             finally:
-                if conn is not None and held is None:
+                if conn is not None and not holding:
                     self._spare.append(conn)
             for reply in replies:
                 if isinstance(reply, RedisError):
@@ -360,15 +360,15 @@ class Store:
 
     @contextmanager
     def hold_connection(self) -> Iterator[None]:
-        """Let the calling thread keep one pooled connection for run() until the block ends."""
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
-        self._held.conn = conn
+        """Let the calling thread keep the connection run() first takes, until the block ends."""
+        self._held.active, self._held.conn = True, None
         try:
             yield
         finally:
-            self._held.conn = None
-            pool.release(conn)
+            self._held.active = False
+            conn, self._held.conn = getattr(self._held, "conn", None), None
+            if conn is not None:
+                self._spare.append(conn)
 
     def _send(self, conn: Any, calls: Sequence[ScriptCall]) -> list[Any]:
         commands = [("EVALSHA", self.script(c.name).sha, len(c.keys), *c.keys, *c.args) for c in calls]

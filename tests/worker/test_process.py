@@ -204,3 +204,5 @@ def test_a_worker_started_before_redis_waits_for_it(
         assert wait_finished(real_backend(), result.id).status == TaskResultStatus.SUCCESSFUL
         w.send(signal.SIGTERM)
         assert w.wait_exit() == 0
+    # and no task thread died over it (they once crashed and were replaced in a loop)
+    assert not [line for line in w.lines if "crashed" in line]

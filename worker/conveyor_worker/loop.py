@@ -149,7 +149,7 @@ class Worker:
                         "redis reachable", extra={"event": "redis_recovered", "worker_id": self.worker_id}
                     )
                 self.redis_ok, failures = True, 0
-            except RedisUnavailable as exc:
+            except ConveyorError as exc:  # unreachable, or answering errors (READONLY, OOM, ...)
                 failures += 1
                 if self.redis_ok or failures == 1:
                     logger.warning(
@@ -273,10 +273,7 @@ class Worker:
 
     def _process(self) -> None:
         """Run one processor on a connection of its own."""
-        try:
-            with self.store.hold_connection():
-                self._process_tasks()
-        except RedisUnavailable:  # Redis was away when the thread started: run on the pool
+        with self.store.hold_connection():
             self._process_tasks()
 
     def _process_tasks(self) -> None:
@@ -291,7 +288,7 @@ class Worker:
             if claimed is None:
                 try:
                     claimed = self._claim_one()
-                except RedisUnavailable:
+                except ConveyorError:  # the main loop reports Redis trouble and backs off
                     self._stop.wait(random.uniform(0.5, 1.5))
                     continue
             if claimed is None:
@@ -363,7 +360,7 @@ class Worker:
         while True:
             try:
                 return self._write_verdict(attempt, verdict)
-            except RedisUnavailable as exc:
+            except ConveyorError as exc:
                 if time.monotonic() + delay > deadline:
                     logger.error(
                         "could not record outcome: %s",
