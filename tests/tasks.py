@@ -131,3 +131,9 @@ def kill_own_worker() -> None:
 
 def not_a_task() -> None:
     """A plain function: the worker must refuse to run it."""
+
+
+@task()
+def process_id() -> int:
+    """Return the pid of the process running the task (as it sees itself)."""
+    return os.getpid()

@@ -174,8 +174,3 @@ def test_project_problems_exit_2_with_one_line(
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], done.stderr
-
-
-def test_the_worker_as_pid_1_is_left_to_the_image_tests() -> None:
-    """Running as PID 1 (signals without a default handler) needs a container; tests/deploy covers it."""
-    pytest.skip("PID 1 behaviour needs a container runtime; see the engine tier")
