@@ -169,23 +169,24 @@ class Store:
             return ConveyorError(f"Redis at {target} answered with an error: {exc}")
         return ConveyorError(f"Redis error from {target}: {exc}")
 
+    def _translate_any(self, exc: RedisError | OSError) -> ConveyorError:
+        if isinstance(exc, RedisError):
+            return self._translate(exc)
+        return RedisUnavailable(f"Redis at {self.options.describe_target()}: {exc}")
+
     @contextmanager
     def _boundary(self) -> Iterator[None]:
         try:
             yield
-        except RedisError as exc:
-            raise self._translate(exc) from exc
-        except OSError as exc:
-            raise RedisUnavailable(f"Redis at {self.options.describe_target()}: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise self._translate_any(exc) from exc
 
     @asynccontextmanager
     async def _aboundary(self) -> Any:
         try:
             yield
-        except RedisError as exc:
-            raise self._translate(exc) from exc
-        except OSError as exc:
-            raise RedisUnavailable(f"Redis at {self.options.describe_target()}: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise self._translate_any(exc) from exc
 
     # -- web side ----------------------------------------------------------------
 
@@ -332,8 +333,7 @@ class Store:
                 if conn is not None:
                     conn.disconnect()
                 if attempt == 2:
-                    error = exc if isinstance(exc, RedisError) else RedisConnectionError(str(exc))
-                    raise self._translate(error) from exc
+                    raise self._translate_any(exc) from exc
                 continue
             except RedisError as exc:
                 raise self._translate(exc) from exc

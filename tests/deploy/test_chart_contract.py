@@ -14,29 +14,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.deploy.helm_chart import ROOT, Manifest, Render, container, rendered
-from tests.redis_server import RedisProcess, find_server_binary, free_port
+from tests.redis_server import RedisProcess, free_port
 
 pytestmark = [pytest.mark.deploy, pytest.mark.subprocess]
 
 VENV_BIN = ROOT / ".venv" / "bin"
 TASK_WAIT_SECONDS = 30.0
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisProcess]:
-    """Start a private redis-server (or valkey-server) for one test."""
-    binary = find_server_binary()
-    assert binary, "a redis-server or valkey-server binary is needed"
-    server = RedisProcess(binary)
-    server.start()
-    yield server
-    server.stop()
 
 
 def container_env(spec: Manifest, redis_url: str) -> dict[str, str]:
@@ -154,11 +142,11 @@ def worker_spec(result: Render) -> tuple[Manifest, Manifest]:
 
 
 def test_rendered_worker_runs_probes_and_does_a_task(
-    helm: str, redis_server: RedisProcess, tmp_path: Path
+    helm: str, own_redis: RedisProcess, tmp_path: Path
 ) -> None:
     # Given the worker container of the chart in mode none, as rendered
     pod, spec = worker_spec(rendered(helm, autoscaling__mode="none"))
-    env = container_env(spec, redis_server.url)
+    env = container_env(spec, own_redis.url)
     assert spec["command"] == ["conveyor-worker"]
     # And its probes point at the health port the worker is told to serve
     declared = int(env["CONVEYOR_HEALTH_PORT"])
@@ -193,7 +181,7 @@ def test_rendered_worker_runs_probes_and_does_a_task(
 
 
 def test_rendered_queue_metrics_exporter_publishes_the_hpa_metric(
-    helm: str, redis_server: RedisProcess, tmp_path: Path
+    helm: str, own_redis: RedisProcess, tmp_path: Path
 ) -> None:
     # Given the queue-metrics container of mode hpa and the metric its HPA reads
     result = rendered(helm, autoscaling__mode="hpa")
@@ -201,7 +189,7 @@ def test_rendered_queue_metrics_exporter_publishes_the_hpa_metric(
     spec = container(exporter["spec"]["template"]["spec"], "queue-metrics")
     external = result.one("HorizontalPodAutoscaler")["spec"]["metrics"][0]["external"]["metric"]
     queues = next(e["values"] for e in external["selector"]["matchExpressions"] if e["key"] == "queue")
-    env = container_env(spec, redis_server.url)
+    env = container_env(spec, own_redis.url)
     port = free_port()
     log = tmp_path / "queue-metrics.log"
     # When it runs with no worker anywhere and one task waits
