@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -99,11 +100,12 @@ class Store:
 
     # -- connections -------------------------------------------------------------
 
-    def _pool_kwargs(self, tls_class: type) -> dict[str, Any]:
+    def _pool_kwargs(self, tls_class: type, retry: Any) -> dict[str, Any]:
         kwargs = self.options.connection_kwargs()
-        # One retry, so a call that timed out is sent again once: every script is
-        # safe to repeat (enqueue is idempotent by task id, the rest are fenced by owner).
-        kwargs["retry"] = Retry(NoBackoff(), 1)
+        # One retry, so a call that timed out or met a connection Redis closed (a restart)
+        # is sent again once: every script is safe to repeat (enqueue is idempotent by
+        # task id, the rest are fenced by owner). asyncio needs redis.asyncio's own Retry.
+        kwargs["retry"] = retry
         if self.options.ssl and not (self.options.url or "").startswith("unix://"):
             kwargs["connection_class"] = tls_class  # SSL=True; a rediss:// URL picks it itself
         if self._client_name:
@@ -114,7 +116,7 @@ class Store:
     def client(self) -> redis.Redis:
         """Return the synchronous client, creating its pool on first use."""
         if self._client is None:
-            kwargs = self._pool_kwargs(redis.SSLConnection)
+            kwargs = self._pool_kwargs(redis.SSLConnection, Retry(NoBackoff(), 1))
             if self.options.url is not None:
                 pool = redis.ConnectionPool.from_url(self.options.url, **kwargs)
             else:
@@ -129,7 +131,7 @@ class Store:
         loop = asyncio.get_running_loop()
         entry = self._async.get(loop)
         if entry is None:
-            kwargs = self._pool_kwargs(redis.asyncio.SSLConnection)
+            kwargs = self._pool_kwargs(redis.asyncio.SSLConnection, AsyncRetry(NoBackoff(), 1))
             if self.options.url is not None:
                 pool = redis.asyncio.ConnectionPool.from_url(self.options.url, **kwargs)
             else:
