@@ -89,11 +89,12 @@ class RedisBackend(BaseTaskBackend):
         """Validate and encode; nothing is written and no signal sent if this raises."""
         self._require_valid_options()
         self.validate_task(task)
+        enqueued_at = datetime.now(UTC)
         result = TaskResult(
             task=task,
             id=new_task_id(),
             status=TaskResultStatus.READY,
-            enqueued_at=datetime.now(UTC),
+            enqueued_at=enqueued_at,
             started_at=None,
             last_attempted_at=None,
             finished_at=None,
@@ -106,7 +107,6 @@ class RedisBackend(BaseTaskBackend):
         args_json, kwargs_json = codec.encode_payload(
             result.args, result.kwargs, self.settings.max_payload_bytes
         )
-        assert result.enqueued_at is not None
         fields = codec.new_record(
             task_path=task.module_path,
             queue=task.queue_name,
@@ -115,7 +115,7 @@ class RedisBackend(BaseTaskBackend):
             run_after=task.run_after,
             args_json=args_json,
             kwargs_json=kwargs_json,
-            enqueued_at=result.enqueued_at,
+            enqueued_at=enqueued_at,
         )
         return result, fields
 

@@ -524,12 +524,15 @@ def test_a_path_outside_the_allow_list_is_refused_before_anything_is_imported(
 
 
 def test_default_allowed_modules_are_installed_apps_less_django() -> None:
-    """Without CONVEYOR_ALLOWED_TASK_MODULES, tasks may come from the project's own apps only."""
+    """Without CONVEYOR_ALLOWED_TASK_MODULES, tasks may come from the project's own apps only.
+
+    (No django.contrib.auth here: installing it registers system checks for the whole session.)
+    """
     from conveyor_worker.__main__ import default_allowed_modules
     from django.test import override_settings
 
     with override_settings(
-        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "tests.worker"]
+        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.humanize", "tests.worker"]
     ):
         assert default_allowed_modules() == ("tests.worker",)
     with override_settings(INSTALLED_APPS=[]):

@@ -305,7 +305,11 @@ class Worker:
     def _claim_one(self) -> Claimed | None:
         if not self._queues or not self._reserve():
             return None
-        found = self.store.claim(self._queues, self.worker_id, self.lease_ms, 1)
+        try:
+            found = self.store.claim(self._queues, self.worker_id, self.lease_ms, 1)
+        except BaseException:
+            self._unreserve()
+            raise
         if not found:
             self._unreserve()
         return found[0] if found else None
