@@ -4,8 +4,8 @@
 #   deploy/engine/wheelhouse.sh          # then: docker build --build-arg WHEELHOUSE=.tools/wheels ...
 #
 # Downloads on the host (PyPI through this machine's pip configuration), for CPython 3.12 on
-# manylinux x86_64, whatever the host interpreter is: the project's dependencies and its hiredis
-# extra, its build backend (pyproject's build-system.requires) and gunicorn at the version
+# manylinux x86_64, whatever the host interpreter is: the project's dependencies, its hiredis
+# and worker extras, its build backend (pyproject's build-system.requires) and gunicorn at the version
 # Dockerfile.web pins. Idempotent: a stamp of the requirement list skips the download when
 # nothing changed.
 # shellcheck source=common.sh
@@ -28,6 +28,7 @@ project = data["project"]
 for requirement in [
     *project["dependencies"],
     *project["optional-dependencies"].get("hiredis", []),
+    *project["optional-dependencies"].get("worker", []),
     *data["build-system"]["requires"],
     "wheel",
 ]:

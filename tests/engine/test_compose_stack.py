@@ -40,6 +40,11 @@ def test_every_service_is_healthy(stack: Stack) -> None:
     assert stack.docker("exec", str(web["Name"]), "id", "-u").strip() == "10001"
     assert stack.docker("exec", str(worker["Name"]), "id", "-u").strip() == "10001"
     assert "conveyor-worker" in stack.docker("exec", str(worker["Name"]), "cat", "/proc/1/cmdline")
+    # The worker image carries the worker extra (the kubernetes client for --pod-deletion-cost);
+    # the web image ships only the enqueue backend's dependencies.
+    probe = "import importlib.util as u; print(u.find_spec('kubernetes') is not None)"
+    assert stack.docker("exec", str(worker["Name"]), "python", "-c", probe).strip() == "True"
+    assert stack.docker("exec", str(web["Name"]), "python", "-c", probe).strip() == "False"
 
 
 def test_task_enqueued_through_web_runs_on_a_worker(stack: Stack) -> None:
