@@ -11,7 +11,7 @@ import pytest
 from django.tasks import TaskResultStatus
 
 from tests import tasks
-from tests.redis_server import RedisProcess
+from tests.redis_server import RedisProcess, free_port
 
 from . import worker_tasks
 from .conftest import (
@@ -139,6 +139,19 @@ def test_batch_runs_what_is_due_and_exits_zero(
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(lines_of(scratch)) == [f"t{i}" for i in range(5)]
     assert all(b.get_result(r.id).status == TaskResultStatus.SUCCESSFUL for r in results)
+
+
+def test_batch_gives_up_when_redis_stays_away_for_a_lease(run_cli: Callable[..., Any]) -> None:
+    """A batch run is a job that must end: with no Redis for longer than a lease it exits 1."""
+    # Given a Redis URL where nothing listens
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+
+    # When a --batch worker with a 2 s lease starts against it
+    done = run_cli("--batch", "--lease", "2", CONVEYOR_TEST_REDIS_URL=closed)
+
+    # Then it gives up on its own (the run is bounded by run_cli's timeout) and says why
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "giving up the batch" in done.stdout
 
 
 def test_max_tasks_exits_zero_after_that_many_tasks(

@@ -139,7 +139,7 @@ class Worker:
             self._current_queues()  # so the processors know where to claim from the start
         self._processors = Processors(self.settings.concurrency, self._process, "conveyor-task")
         self._processors.start()
-        failures = 0
+        failures, down_since = 0, 0.0
         while self.state is State.READY:
             self.loop_beat = time.monotonic()
             try:
@@ -152,12 +152,18 @@ class Worker:
             except ConveyorError as exc:  # unreachable, or answering errors (READONLY, OOM, ...)
                 failures += 1
                 if self.redis_ok or failures == 1:
+                    down_since = time.monotonic()
                     logger.warning(
                         "redis unavailable: %s",
                         exc,
                         extra={"event": "redis_unavailable", "worker_id": self.worker_id},
                     )
                 self.redis_ok = False
+                if self.settings.batch and time.monotonic() - down_since > self.settings.lease:
+                    # A batch run is a job that must end: after a lease of outage, give up.
+                    self.exit_code = 1
+                    self._finish_run("redis unavailable for longer than a lease; giving up the batch")
+                    break
                 self._stop.wait(min(BACKOFF_MAX, 0.05 * 2**failures) * random.uniform(0.5, 1.5))
         self._wake_processors(every=True)
         self._drain()
