@@ -99,7 +99,10 @@ class AsyncRunner:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()
 
     def submit(self, coro: Coroutine[Any, Any, None]) -> Future[None]:
         """Schedule a coroutine on the loop from any thread; return its future."""
