@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.conftest import tasks_setting  # noqa: E402
 from tests.redis_server import RedisProcess, find_server_binary, free_port  # noqa: E402
 
 
@@ -78,14 +79,7 @@ def drain(url: str, tasks: int) -> dict[str, float]:
     load_before = os.getloadavg()[0]
     from django.test import override_settings
 
-    settings = {
-        "default": {
-            "BACKEND": "conveyor.RedisBackend",
-            "QUEUES": [],
-            "OPTIONS": {"URL": url, "KEY_PREFIX": prefix},
-        }
-    }
-    with override_settings(TASKS=settings):
+    with override_settings(TASKS=tasks_setting(url, prefix)):
         ids = [noop_task.enqueue().id for _ in range(tasks)]
         worker = start_worker(url, prefix, "--batch")
         _, status, usage = os.wait4(worker.pid, 0)
@@ -116,14 +110,7 @@ def latency(url: str, rate: float, seconds: float) -> dict[str, float]:
     from tests.tasks import noop_task
 
     prefix = "bench-latency-" + secrets.token_hex(3)
-    settings = {
-        "default": {
-            "BACKEND": "conveyor.RedisBackend",
-            "QUEUES": [],
-            "OPTIONS": {"URL": url, "KEY_PREFIX": prefix},
-        }
-    }
-    with override_settings(TASKS=settings):
+    with override_settings(TASKS=tasks_setting(url, prefix)):
         noop_task.enqueue()  # registers the queue name so the '*' worker listens to it
         worker = start_worker(url, prefix)
         time.sleep(3.0)  # let it start and go idle
