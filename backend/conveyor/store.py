@@ -258,21 +258,21 @@ class Store:
         return ScriptCall(name="claim", keys=keys, args=[worker_id, lease_ms, count])
 
     @staticmethod
-    def parse_claimed(flat: Sequence[Any], queues: Sequence[str]) -> list[Claimed]:
-        """Turn claim.lua's flat reply into Claimed records."""
+    def parse_claimed(flat: Sequence[Any], queues: Sequence[str]) -> tuple[list[Claimed], int]:
+        """Turn claim.lua's flat reply into Claimed records and the count still waiting."""
         claimed = []
-        for i in range(0, len(flat), 3):
+        for i in range(0, len(flat) - 1, 3):
             values = flat[i + 2]
             fields = dict(zip(values[::2], values[1::2], strict=True))
             claimed.append(Claimed(task_id=flat[i].decode(), queue=queues[int(flat[i + 1])], fields=fields))
-        return claimed
+        return claimed, int(flat[-1])
 
     def claim(self, queues: Sequence[str], worker_id: str, lease_ms: int, count: int) -> list[Claimed]:
         """Claim up to count ready tasks, best first across queues, under a lease."""
         if not queues or count < 1:
             return []
         (flat,) = self.run([self.claim_call(queues, worker_id, lease_ms, count)])
-        return self.parse_claimed(flat, queues)
+        return self.parse_claimed(flat, queues)[0]
 
     def finish_call(
         self, task_id: str, queue: str, worker_id: str, status: str, ttl: int, fields: dict[str, str]

@@ -16,6 +16,16 @@ def record_interval(seconds: float) -> list[float]:
     return [start, time.time()]
 
 
+@task()
+def spin(seconds: float) -> list[float]:
+    """Hold the GIL in a pure-Python loop; return the wall-clock interval the body ran in."""
+    start = time.time()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pass
+    return [start, time.time()]
+
+
 @task(takes_context=True, max_attempts=2, retry_backoff=0.0)
 def fail_first_attempt(context: TaskContext) -> int:
     """Fail on the first attempt, succeed on the second; return the attempt number."""

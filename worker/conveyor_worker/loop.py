@@ -26,6 +26,26 @@ logger = logging.getLogger("conveyor_worker")
 PROMOTE_EVERY = 1.0  # seconds between promotions of due scheduled tasks
 QUEUE_REFRESH_EVERY = 1.0  # seconds between re-reading the queue list for '*'
 BACKOFF_MAX = 5.0  # seconds, cap of the reconnect backoff
+# Pacing: how many processors cycle at once. Threads that all want the GIL hand it over
+# at every socket call, which costs more than a short task; so the main thread adds a
+# processor only while work waits and the ones running leave the core idle, or run
+# outside the GIL on more than one core, or are all inside long tasks; and it parks one
+# of several that saturate a single core.
+STEER_EVERY = 0.005  # seconds between looks at the processors while any of them works
+SPILL_BELOW = 0.5  # cores used by the process under which waiting work gets another processor
+PARK_ABOVE = 0.9  # cores used over which one of several cycling processors parks...
+PARALLEL_ABOVE = 1.25  # ...unless tasks run outside the GIL on more than one core
+LONG_TASK = 0.02  # seconds after which a running task stops counting its processor as cycling
+
+
+def pace(*, idle: int, cycling: int, waiting: bool, load: float) -> str:
+    """Decide whether to wake one more processor ("spill"), park one ("park") or do nothing ("hold")."""
+    room = load < SPILL_BELOW or load > PARALLEL_ABOVE
+    if idle and waiting and (cycling <= 0 or room):
+        return "spill"
+    if cycling > 1 and PARK_ABOVE < load <= PARALLEL_ABOVE:
+        return "park"
+    return "hold"
 
 
 class State(enum.StrEnum):
@@ -42,9 +62,10 @@ class Worker:
 
     Each of the --concurrency processor threads claims its own task, runs it and
     records the outcome together with the claim of its next task in one round trip,
-    so a busy worker spends one Redis round trip per task. The main thread only
-    blocks on the queues' wake lists to rouse idle processors, and promotes and
-    reclaims. A watchdog thread renews leases and stops sync tasks that overrun.
+    so a busy worker spends one Redis round trip per task. The main thread blocks on
+    the queues' wake lists to rouse an idle processor, paces how many cycle at once
+    (see STEER_EVERY), and promotes and reclaims. A watchdog thread renews leases and
+    stops sync tasks that overrun.
     """
 
     def __init__(
@@ -74,6 +95,11 @@ class Worker:
         self._work = threading.Condition()  # idle processors wait here for the listener
         self._idle = 0
         self._went_idle = threading.Event()  # tells the main thread to listen again
+        self._announced = 0  # wake tokens taken; a processor about to idle compares (under _work)
+        self._waiting = 0  # tasks the latest claim left ready (a hint for pacing)
+        self._park = 0  # cycling processors asked to go idle (under _work)
+        self._cpu_mark = (time.monotonic(), time.process_time())
+        self._load = 0.0  # smoothed share of one core the process uses
         self._local = threading.local()
         self._stop = threading.Event()
         self._watch_wake = threading.Event()
@@ -175,7 +201,7 @@ class Worker:
     # -- the main thread: maintenance and listening --------------------------------
 
     def _tick(self) -> None:
-        """Promote and reclaim when due, then rouse an idle processor when work may be there."""
+        """Promote and reclaim when due, then rouse or pace the processors."""
         queues = self._current_queues()
         now = time.monotonic()
         if now >= self._promote_at:
@@ -185,37 +211,44 @@ class Worker:
                 until = (promotion.next_due_ms - promotion.server_now_ms) / 1000
                 self._promote_at = min(self._promote_at, now + max(0.0, until))
             if promotion.promoted:
-                self._wake_processors(every=True)
+                self._announce()
         if now >= self._reclaim_at:
             requeued, _ = self.store.reclaim(
                 queues, limit=1000, max_deliveries=self.settings.max_deliveries, failed_ttl=self.failed_ttl
             )
             self._reclaim_at = now + self._reclaim_every
             if requeued:
-                self._wake_processors(every=True)
+                self._announce()
         with self._work:
             idle = self._idle
+        everyone_idle = idle == self.settings.concurrency
         # Stop only once every processor is idle: a claimed task is not in _running (busy)
         # until it has been prepared, and the drain would cut it off at the shutdown timeout.
         spent = self.settings.max_tasks and self.claimed >= self.settings.max_tasks
-        if spent and idle == self.settings.concurrency:
+        if spent and everyone_idle:
             self._finish_run("max tasks reached")
             return
-        if self.settings.batch:
-            if idle == self.settings.concurrency:
-                # Every processor found nothing; promote again now, so a retry they scheduled
-                # just before going idle counts, and stop only if nothing is ready or due.
-                fresh = self.store.promote(queues, limit=1000)
-                if self._nothing_due(fresh) and not any(s.ready for s in self.store.queue_stats(queues)):
-                    self._finish_run("batch drained")
-                    return
-                self._wake_processors(every=True)
-            with self._work:
-                self._work.wait(timeout=0.02)
-            return
-        if idle == 0:  # every processor is busy: nothing to rouse until one goes idle
-            self._went_idle.wait(self.settings.block_seconds)
+        if self.settings.batch and everyone_idle:
+            # Every processor found nothing; promote again now, so a retry they scheduled
+            # just before going idle counts, and stop only if nothing is ready or due.
+            fresh = self.store.promote(queues, limit=1000)
+            if self._nothing_due(fresh) and not any(s.ready for s in self.store.queue_stats(queues)):
+                self._finish_run("batch drained")
+                return
+            self._announce()
+            self._went_idle.wait(STEER_EVERY)
             self._went_idle.clear()
+            return
+        if not everyone_idle:
+            # Processors are cycling: they claim as they go, so only listen while none
+            # has reported waiting work, and pace them.
+            if self._waiting or self.settings.batch:
+                self._went_idle.wait(STEER_EVERY)
+                self._went_idle.clear()
+            elif self.store.wait_for_work(queues, STEER_EVERY):
+                self._promote_at = 0.0
+                self._announce(wake=False)
+            self._steer()
             return
         timeout = min(
             self.settings.block_seconds,
@@ -227,7 +260,30 @@ class Worker:
             self._promote_at = 0.0  # the token may announce a scheduled task: look at the schedule
         # Rouse one idle processor on a token, and also on a timeout, so a token taken by a
         # worker that was busy at that instant never leaves a task waiting.
-        self._wake_processors()
+        self._announce()
+
+    def _announce(self, wake: bool = True) -> None:
+        """Note that work may be waiting; wake one idle processor unless pacing decides."""
+        with self._work:
+            self._announced += 1
+            self._waiting = max(self._waiting, 1)
+            if wake:
+                self._work.notify()
+
+    def _steer(self) -> None:
+        """Add a processor while work waits and the core has room, or park one of several on a full core."""
+        mono, cpu = time.monotonic(), time.process_time()
+        last_mono, last_cpu = self._cpu_mark
+        self._cpu_mark = (mono, cpu)
+        if mono > last_mono:
+            self._load = (self._load + (cpu - last_cpu) / (mono - last_mono)) / 2
+        long = sum(1 for a in list(self._running.values()) if mono - a.started >= LONG_TASK)
+        with self._work:
+            cycling = self.settings.concurrency - self._idle - long
+            step = pace(idle=self._idle, cycling=cycling, waiting=self._waiting > 0, load=self._load)
+            self._park = int(step == "park")
+            if step == "spill":
+                self._work.notify()
 
     @staticmethod
     def _nothing_due(promotion: Promotion) -> bool:
@@ -283,42 +339,69 @@ class Worker:
             self._process_tasks()
 
     def _process_tasks(self) -> None:
-        """Claim, run, record, repeat; wait for the listener when there is nothing to claim."""
+        """Wait to be woken, then claim, run and record until nothing is left or pacing parks it."""
         local = self._local
-        local.processor = True
-        local.next = []
-        # A task claimed together with the last record was claimed before any stop: it is
-        # in flight, so it runs (within the shutdown timeout) like the one before it.
-        while self._accepting() or local.next:
-            claimed: Claimed | None = local.next.pop() if local.next else None
-            if claimed is None:
-                try:
-                    claimed = self._claim_one()
-                except ConveyorError:  # the main loop reports Redis trouble and backs off
-                    self._stop.wait(random.uniform(0.5, 1.5))
-                    continue
-            if claimed is None:
-                with self._work:
-                    if not self._accepting():
+        # A fresh processor looks for work once before it first idles (seen = -1).
+        local.processor, local.next, local.park, local.seen = True, [], False, -1
+        while self._idle_until_woken(local):
+            # A task claimed together with the last record was claimed before any stop: it
+            # is in flight, so it runs (within the shutdown timeout) like the one before it.
+            while True:
+                claimed: Claimed | None = local.next.pop() if local.next else None
+                if claimed is None:
+                    if local.park or not self._accepting():
                         break
-                    self._idle += 1
-                    self._went_idle.set()
-                    self._work.wait()
-                    self._idle -= 1
-                continue
-            self._execute(claimed)
+                    try:
+                        claimed = self._claim_one(local)
+                    except ConveyorError:  # the main loop reports Redis trouble and backs off
+                        self._stop.wait(random.uniform(0.5, 1.5))
+                        continue
+                    if claimed is None:
+                        break
+                self._execute(claimed)
 
-    def _claim_one(self) -> Claimed | None:
+    def _idle_until_woken(self, local: threading.local) -> bool:
+        """Wait for the main thread's wake; False once this processor must stop taking work."""
+        with self._work:
+            local.park = False
+            if not self._accepting():
+                return False
+            if self._announced != local.seen:  # work was announced after this thread last claimed
+                local.seen = self._announced
+                return True
+            self._idle += 1
+            self._went_idle.set()
+            try:
+                self._work.wait()
+            finally:
+                self._idle -= 1
+            return self._accepting()
+
+    def _claim_one(self, local: threading.local) -> Claimed | None:
+        local.seen = self._announced
         if not self._queues or not self._reserve():
             return None
         try:
-            found = self.store.claim(self._queues, self.worker_id, self.lease_ms, 1)
+            (flat,) = self.store.run([self.store.claim_call(self._queues, self.worker_id, self.lease_ms, 1)])
         except BaseException:
             self._unreserve()
             raise
+        found, self._waiting = self.store.parse_claimed(flat, self._queues)
         if not found:
             self._unreserve()
         return found[0] if found else None
+
+    def _parks(self, local: threading.local) -> bool:
+        """Tell whether this processor takes up the main thread's request to park."""
+        if local.park:
+            return True
+        if not self._park:
+            return False
+        with self._work:
+            if self._park:
+                self._park -= 1
+                local.park = True
+        return bool(local.park)
 
     def _execute(self, claimed: Claimed) -> None:
         attempt = self.executor.prepare(claimed)
@@ -398,9 +481,14 @@ class Worker:
         calls = [self._verdict_call(attempt, verdict)]
         local = self._local
         claim_next = (
-            getattr(local, "processor", False) and self._accepting() and self._queues and self._reserve()
+            getattr(local, "processor", False)
+            and self._accepting()
+            and not self._parks(local)
+            and self._queues
+            and self._reserve()
         )
         if claim_next:
+            local.seen = self._announced
             calls.append(self.store.claim_call(self._queues, self.worker_id, self.lease_ms, 1))
         try:
             replies = self.store.run(calls)
@@ -409,7 +497,7 @@ class Worker:
                 self._unreserve()
             raise
         if claim_next:
-            found = self.store.parse_claimed(replies[1], self._queues)
+            found, self._waiting = self.store.parse_claimed(replies[1], self._queues)
             local.next.extend(found)
             if not found:
                 self._unreserve()

@@ -5,7 +5,8 @@
 --                       KEYS[4+3i] running zset (score = lease deadline in ms)
 -- ARGV[1] worker id ([A-Za-z0-9._:-] only)   ARGV[2] lease length in ms
 -- ARGV[3] most tasks to claim
--- Returns a flat array {id1, queue index1 (0-based), {field, value, ...}, id2, ...}.
+-- Returns a flat array {id1, queue index1 (0-based), {field, value, ...}, id2, ...,
+-- waiting}: the claimed tasks, then how many tasks are still ready in these queues.
 -- Bounded: at most 2N+8 pops, each looking at one head per queue.
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -51,4 +52,11 @@ while claimed < limit and pops < limit * 2 + 8 do
     claimed = claimed + 1
   end
 end
+local waiting = 0
+if claimed > 0 then
+  for i = 0, nq - 1 do
+    waiting = waiting + redis.call('ZCARD', KEYS[2 + 3 * i])
+  end
+end
+out[#out + 1] = waiting
 return out
