@@ -399,12 +399,16 @@ class Store:
                 script(keys=keys, args=[task_id, worker_id, lease_ms], client=pipe)
             return [bool(r) for r in pipe.execute()]
 
-    def release(self, task_id: str, queue: str, worker_id: str) -> bool:
-        """Give an unfinished task back to its queue; False when the lease was already lost."""
+    def release(self, task_id: str, queue: str, worker_id: str, *, started: bool = True) -> bool:
+        """Give an unfinished task back to its queue; False when the lease was already lost.
+
+        started=False undoes the claim of a task that never ran (this worker leaves worker_ids).
+        """
         k = self.keys
         keys = [k.task(task_id), k.running(queue), k.ready(queue), k.ready_since(queue), k.wake(queue)]
+        args = [task_id, worker_id, WAKE_CAP, "1" if started else "0"]
         with self._boundary():
-            return bool(self.script("release")(keys=keys, args=[task_id, worker_id, WAKE_CAP]))
+            return bool(self.script("release")(keys=keys, args=args))
 
     def reclaim(
         self, queues: Sequence[str], *, limit: int, max_deliveries: int, failed_ttl: int

@@ -109,6 +109,86 @@ def test_claim_drops_ids_whose_record_expired(backend: RedisBackend) -> None:
     assert backend.store.queue_stats(["default"])[0].ready == 0
 
 
+def test_claim_drops_ids_whose_task_is_no_longer_ready(backend: RedisBackend) -> None:
+    """Skip, and forget, a ready id whose task is not READY, leaving its record untouched."""
+    store, keys = backend.store, backend.keys
+    done = tasks.noop_task.enqueue()
+    kept = tasks.noop_task.enqueue()
+    store.call(lambda c: c.hset(keys.task(done.id), "status", "SUCCESSFUL"))
+
+    claimed = store.claim(["default"], "worker-a", LONG_LEASE_MS, 10)
+
+    assert [c.task_id for c in claimed] == [kept.id]
+    assert zscore(backend, keys.ready_since("default"), done.id) is None
+    assert zscore(backend, keys.running("default"), done.id) is None
+    assert (field(backend, done.id, "status"), field(backend, done.id, "deliveries")) == ("SUCCESSFUL", None)
+    assert store.queue_stats(["default"])[0].ready == 0
+
+
+def test_claim_pops_a_bounded_number_of_stale_ids(backend: RedisBackend) -> None:
+    """Pop at most 2N+8 ids per call, so a long run of stale ids cannot hold Redis up."""
+    store, keys = backend.store, backend.keys
+    stale = [tasks.noop_task.enqueue().id for _ in range(12)]
+    live = tasks.noop_task.enqueue()
+    store.call(lambda c: c.delete(*(keys.task(i) for i in stale)))
+
+    assert store.claim(["default"], "worker-a", LONG_LEASE_MS, 1) == []
+    assert store.queue_stats(["default"])[0].ready == 3
+    assert [c.task_id for c in store.claim(["default"], "worker-a", LONG_LEASE_MS, 1)] == [live.id]
+
+
+def test_claim_returns_the_record_as_stored_and_counts_each_delivery(backend: RedisBackend) -> None:
+    """Return exactly the hash the claim wrote, appending the worker and counting the delivery."""
+    store, keys = backend.store, backend.keys
+    result = tasks.noop_task.enqueue()
+
+    [first] = store.claim(["default"], "worker-a", 0, 1)
+    assert first.fields == store.call(lambda c: c.hgetall(keys.task(result.id)))
+    assert (first.fields[b"worker_ids"], first.fields[b"deliveries"]) == (b'["worker-a"]', b"1")
+
+    # Given worker-a vanished and its lease was reclaimed (the record now has errors and an attempt)
+    assert store.reclaim(["default"], limit=100, max_deliveries=5, failed_ttl=60) == (1, 0)
+    # When worker-b claims it
+    [second] = store.claim(["default"], "worker-b", LONG_LEASE_MS, 1)
+    # Then the fields returned are the stored hash, with worker-b appended and two deliveries
+    stored = store.call(lambda c: c.hgetall(keys.task(result.id)))
+    assert second.fields == stored
+    assert stored[b"worker_ids"] == b'["worker-a","worker-b"]'
+    assert (stored[b"deliveries"], stored[b"owner"], stored[b"status"]) == (b"2", b"worker-b", b"RUNNING")
+    assert stored[b"started_at"] == stored[b"last_attempted_at"] >= first.fields[b"started_at"]
+    assert b"errors" in stored
+
+
+def test_claim_keeps_priority_then_enqueue_order_across_several_queues(backend: RedisBackend) -> None:
+    """Claim in exact priority order across queues, and in enqueue order within a priority."""
+    plan = [("a", 0), ("b", 5), ("c", 0), ("a", 5), ("b", 0), ("c", -5), ("a", 0), ("c", 5), ("b", -5)]
+    sent = [(tasks.noop_task.using(queue_name=q, priority=p).enqueue().id, q, p) for q, p in plan]
+
+    claimed = []
+    for count in (4, 1, 10):  # several tasks per call, and one
+        claimed += backend.store.claim(["a", "b", "c"], "worker-a", LONG_LEASE_MS, count)
+
+    by_priority = sorted(sent, key=lambda s: -s[2])  # a stable sort keeps enqueue order
+    assert [(c.task_id, c.queue) for c in claimed] == [(task_id, q) for task_id, q, _ in by_priority]
+
+
+def test_claim_reports_how_many_tasks_are_still_ready(backend: RedisBackend) -> None:
+    """Count what the claim left ready in every queue it claimed from, empty ones included."""
+    store = backend.store
+    for queue in ("a", "a", "a", "c", "c"):
+        tasks.noop_task.using(queue_name=queue).enqueue()
+
+    def claim(queues: list[str], count: int) -> tuple[int, int]:
+        (flat,) = store.run([store.claim_call(queues, "worker-a", LONG_LEASE_MS, count)])
+        claimed, waiting = store.parse_claimed(flat, queues)
+        return len(claimed), waiting
+
+    assert claim(["a", "b", "c"], 2) == (2, 3)
+    assert claim(["c"], 1) == (1, 1)
+    assert claim(["b"], 1) == (0, 0)
+    assert claim(["a", "b", "c"], 5) == (2, 0)
+
+
 def test_claim_nothing_when_empty(backend: RedisBackend) -> None:
     """Return no tasks from empty queues, no queues, or a count of 0."""
     store = backend.store
@@ -311,6 +391,27 @@ def test_release_puts_the_task_back_with_its_original_score(backend: RedisBacken
         second.id,
     ]
     assert field(backend, first.id, "deliveries") == "1"
+
+
+def test_release_of_a_task_that_never_started_undoes_the_claim(backend: RedisBackend) -> None:
+    """started=False: the worker leaves worker_ids, so the claim spends no attempt."""
+    store = backend.store
+    result = tasks.noop_task.enqueue()
+    store.claim(["default"], "worker-a", LONG_LEASE_MS, 1)
+    assert store.release(result.id, "default", "worker-a", started=False) is True
+    fresh = backend.get_result(result.id)
+    assert (fresh.status, fresh.worker_ids, fresh.started_at) == (TaskResultStatus.READY, [], None)
+
+    store.claim(["default"], "worker-b", LONG_LEASE_MS, 1)
+    store.release(result.id, "default", "worker-b")  # started: worker-b stays
+    store.claim(["default"], "worker-c", LONG_LEASE_MS, 1)
+    assert store.release(result.id, "default", "worker-c", started=False) is True
+
+    again = backend.get_result(result.id)
+    assert again.worker_ids == ["worker-b"]
+    assert again.attempts == 1
+    assert again.started_at is not None
+    assert field(backend, result.id, "deliveries") == "0"
 
 
 def test_release_by_another_worker_is_refused(backend: RedisBackend) -> None:

@@ -1,10 +1,15 @@
-"""Pacing: how many processors cycle at once (one for short CPU-bound tasks, more when they wait)."""
+"""Pacing (how many processors cycle at once) and claiming ahead (several tasks per round trip)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from conveyor_worker.loop import PARALLEL_ABOVE, PARK_ABOVE, SPILL_BELOW, pace
-from django.tasks import TaskResultStatus
+from conveyor import RedisBackend
+from conveyor_worker import loop
+from conveyor_worker.loop import PARALLEL_ABOVE, PARK_ABOVE, SPILL_BELOW, Worker, pace
+from django.tasks import TaskResult, TaskResultStatus
+from django.tasks.signals import task_finished
 
 from tests import tasks
 
@@ -62,3 +67,73 @@ def test_tasks_that_wait_spread_over_idle_processors(backend: object, make_worke
     intervals = [wait_finished(b, r.id).return_value for r in results]
     assert max(start for start, _ in intervals) < min(end for _, end in intervals), intervals
     assert worker.stop() == 0
+
+
+@pytest.fixture
+def claims_of_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every claim ask for two tasks, whatever the backlog and the idle processors."""
+    monkeypatch.setattr(Worker, "_batch", lambda self: 2)
+
+
+def test_a_task_claimed_ahead_of_a_long_one_is_taken_by_an_idle_processor(
+    backend: object, make_worker: WorkerFactory, claims_of_two: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One processor claims a long task and a short one; the short one runs on the other processor."""
+    monkeypatch.setattr(loop, "pace", lambda **_: "hold")  # only the hand-over can wake the other
+    b = real_backend()
+    worker = make_worker(concurrency=2).start()
+    wait_until(lambda: worker.worker._idle == 2 or None, what="both processors idle")
+    long = worker_tasks.record_interval.using(priority=10).enqueue(5.0)
+    short = tasks.calculate_meaning_of_life.enqueue()
+
+    assert wait_finished(b, short.id).return_value == 42
+    assert b.get_result(long.id).status == TaskResultStatus.RUNNING, "the short task waited for the long one"
+    assert b.get_result(short.id).worker_ids == [worker.worker_id]
+    assert worker.stop() == 0
+
+
+def test_a_success_recorded_later_is_stored_while_the_next_task_runs(
+    backend: object, make_worker: WorkerFactory, claims_of_two: None
+) -> None:
+    """A success deferred to the next round trip is stored (and task_finished sent) while a long task runs."""
+    b = real_backend()
+    finished: list[str] = []
+
+    def receiver(sender: type, task_result: TaskResult, **kwargs: Any) -> None:
+        if sender is RedisBackend:
+            finished.append(task_result.id)
+
+    task_finished.connect(receiver, dispatch_uid="pacing-finished")
+    try:
+        quick = tasks.calculate_meaning_of_life.using(priority=10).enqueue()
+        long = worker_tasks.record_interval.enqueue(5.0)
+        worker = make_worker(concurrency=1).start()
+
+        wait_for_status(b, long.id, "RUNNING")
+        assert wait_finished(b, quick.id).return_value == 42
+        wait_until(lambda: quick.id in finished or None, what="task_finished for the quick task")
+        assert b.get_result(long.id).status == TaskResultStatus.RUNNING
+        assert worker.stop(timeout=30) == 0
+    finally:
+        task_finished.disconnect(dispatch_uid="pacing-finished")
+
+
+def test_a_drain_gives_back_tasks_claimed_ahead_as_never_started(
+    backend: object, make_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the shutdown timeout, tasks claimed ahead go back to their queue without this worker's id."""
+    monkeypatch.setattr(Worker, "_batch", lambda self: 3)
+    b = real_backend()
+    running = worker_tasks.record_interval.using(priority=10).enqueue(3.0)
+    ahead = [tasks.calculate_meaning_of_life.using(priority=5).enqueue(), tasks.noop_task.enqueue()]
+    worker = make_worker(concurrency=1, shutdown_timeout=0.3).start()
+    wait_for_status(b, running.id, "RUNNING")
+
+    assert worker.stop() == 0
+
+    stored = {r.id: b.get_result(r.id) for r in [running, *ahead]}
+    assert all(r.status == TaskResultStatus.READY for r in stored.values()), stored
+    assert stored[running.id].worker_ids == [worker.worker_id]  # it did start here
+    assert [stored[r.id].worker_ids for r in ahead] == [[], []]
+    ready = b.store.call(lambda c: c.zrange(b.keys.ready("default"), 0, -1))
+    assert sorted(i.decode() for i in ready) == sorted(stored)

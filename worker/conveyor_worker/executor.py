@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from asgiref.sync import sync_to_async
 from conveyor import codec
@@ -89,8 +89,12 @@ class Verdict:
     duration: float = 0.0
 
 
-# The recorder stores a verdict and returns False when the lease was lost meanwhile.
-Recorder = Callable[[Attempt, Verdict], bool]
+class Recorder(Protocol):
+    """Store a verdict; False when the lease was lost meanwhile. then() runs once it is stored."""
+
+    def __call__(
+        self, attempt: Attempt, verdict: Verdict, then: Callable[[], None] | None = None
+    ) -> bool: ...
 
 
 def backoff_seconds(task: Task, failures: int) -> float:
@@ -247,8 +251,8 @@ class Executor:
             return_json=text,
             duration=time.monotonic() - attempt.started,
         )
-        if self.record(attempt, verdict):
-            task_finished.send(self.sender, task_result=result)
+        # A success may be stored a moment later, with the next round trip: then() runs then.
+        self.record(attempt, verdict, lambda: task_finished.send(self.sender, task_result=result))
 
     def _failed(self, attempt: Attempt, exc: BaseException) -> bool:
         """Record a failed attempt; call only inside an except block (receivers read exc_info)."""

@@ -8,7 +8,9 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor import codec
@@ -46,6 +48,16 @@ def pace(*, idle: int, cycling: int, waiting: bool, load: float) -> str:
     if cycling > 1 and PARK_ABOVE < load <= PARALLEL_ABOVE:
         return "park"
     return "hold"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Deferred:
+    """A success whose record waits for its processor's next round trip."""
+
+    attempt: Attempt
+    verdict: Verdict
+    then: Callable[[], None] | None
+    since: float = field(default_factory=time.monotonic)
 
 
 class State(enum.StrEnum):
@@ -98,6 +110,8 @@ class Worker:
         self._announced = 0  # wake tokens taken; a processor about to idle compares (under _work)
         self._waiting = 0  # tasks the latest claim left ready (a hint for pacing)
         self._park = 0  # cycling processors asked to go idle (under _work)
+        self._ahead: deque[tuple[Claimed, float]] = deque()  # claimed, not started yet (claim time)
+        self._unrecorded: list[Deferred] = []  # successes waiting for a round trip (under _cond)
         self._cpu_mark = (time.monotonic(), time.process_time())
         self._load = 0.0  # smoothed share of one core the process uses
         self._local = threading.local()
@@ -221,7 +235,9 @@ class Worker:
                 self._announce()
         with self._work:
             idle = self._idle
-        everyone_idle = idle == self.settings.concurrency
+        everyone_idle = idle == self.settings.concurrency and not self._ahead
+        if everyone_idle:
+            self._flush_deferred()
         # Stop only once every processor is idle: a claimed task is not in _running (busy)
         # until it has been prepared, and the drain would cut it off at the shutdown timeout.
         spent = self.settings.max_tasks and self.claimed >= self.settings.max_tasks
@@ -284,6 +300,11 @@ class Worker:
             self._park = int(step == "park")
             if step == "spill":
                 self._work.notify()
+            ahead = self._ahead
+            if ahead and mono - ahead[0][1] >= STEER_EVERY:
+                # The processor that claimed them is held up: let idle ones take them.
+                self._work.notify(len(ahead))
+        self._flush_deferred(older_than=STEER_EVERY)
 
     @staticmethod
     def _nothing_due(promotion: Promotion) -> bool:
@@ -318,20 +339,35 @@ class Worker:
     # -- processors ----------------------------------------------------------------
 
     def _accepting(self) -> bool:
+        return self.state is State.READY and not self._retired()
+
+    def _retired(self) -> bool:
         assert self._processors is not None
-        return self.state is State.READY and not self._processors.is_retired(threading.get_ident())
+        return self._processors.is_retired(threading.get_ident())
 
-    def _reserve(self) -> bool:
-        """Take one claim from the --max-tasks budget; False when it is spent."""
+    def _reserve(self, wanted: int) -> int:
+        """Take up to wanted claims from the --max-tasks budget; return how many were granted."""
         with self._cond:
-            if self.settings.max_tasks and self.claimed >= self.settings.max_tasks:
-                return False
-            self.claimed += 1
-            return True
+            if self.settings.max_tasks:
+                wanted = min(wanted, self.settings.max_tasks - self.claimed)
+            wanted = max(0, wanted)
+            self.claimed += wanted
+            return wanted
 
-    def _unreserve(self, unused: int = 1) -> None:
-        with self._cond:
-            self.claimed -= unused
+    def _unreserve(self, unused: int) -> None:
+        if unused:
+            with self._cond:
+                self.claimed -= unused
+
+    def _batch(self) -> int:
+        """How many tasks to claim at once: one, or while work waits, one per idle processor more.
+
+        Tasks claimed ahead wait in _ahead for this processor to run them one after another
+        (their outcomes recorded together with the next claim), or for an idle processor
+        to take them if the task before them runs long; so no more are claimed than there
+        are processors free to run them.
+        """
+        return max(1, min(1 + self._idle, self._waiting))
 
     def _process(self) -> None:
         """Run one processor on a connection of its own."""
@@ -339,20 +375,20 @@ class Worker:
             self._process_tasks()
 
     def _process_tasks(self) -> None:
-        """Wait to be woken, then claim, run and record until nothing is left or pacing parks it."""
+        """Wait to be woken, then run tasks claimed ahead or claim more, until none is left or it parks."""
         local = self._local
         # A fresh processor looks for work once before it first idles (seen = -1).
-        local.processor, local.next, local.park, local.seen = True, [], False, -1
+        local.processor, local.park, local.seen = True, False, -1
         while self._idle_until_woken(local):
-            # A task claimed together with the last record was claimed before any stop: it
-            # is in flight, so it runs (within the shutdown timeout) like the one before it.
             while True:
-                claimed: Claimed | None = local.next.pop() if local.next else None
+                # Tasks claimed ahead were claimed before any stop: they are in flight, so
+                # they run (within the shutdown timeout) like the one before them.
+                claimed = self._take_ahead()
                 if claimed is None:
                     if local.park or not self._accepting():
                         break
                     try:
-                        claimed = self._claim_one(local)
+                        claimed = self._claim(local)
                     except ConveyorError:  # the main loop reports Redis trouble and backs off
                         self._stop.wait(random.uniform(0.5, 1.5))
                         continue
@@ -364,6 +400,10 @@ class Worker:
         """Wait for the main thread's wake; False once this processor must stop taking work."""
         with self._work:
             local.park = False
+            if self._retired():
+                return False
+            if self._ahead:
+                return True
             if not self._accepting():
                 return False
             if self._announced != local.seen:  # work was announced after this thread last claimed
@@ -375,21 +415,49 @@ class Worker:
                 self._work.wait()
             finally:
                 self._idle -= 1
-            return self._accepting()
+            return not self._retired() and (self._accepting() or bool(self._ahead))
 
-    def _claim_one(self, local: threading.local) -> Claimed | None:
-        local.seen = self._announced
-        if not self._queues or not self._reserve():
-            return None
+    def _take_ahead(self) -> Claimed | None:
         try:
-            (flat,) = self.store.run([self.store.claim_call(self._queues, self.worker_id, self.lease_ms, 1)])
+            return self._ahead.popleft()[0]
+        except IndexError:
+            return None
+
+    def _claim(self, local: threading.local) -> Claimed | None:
+        """Claim a batch (recording any deferred outcomes in the same round trip); return the first."""
+        local.seen = self._announced
+        if not self._queues:
+            return None
+        self._exchange([], self._reserve(self._batch()))
+        return self._take_ahead()
+
+    def _exchange(self, calls: list[ScriptCall], claims: int) -> list[Any]:
+        """Send calls after the deferred records and before a claim of up to claims tasks; one round trip.
+
+        Claimed tasks join _ahead; the replies to calls are returned. Reserved claims are
+        given back whatever happens; deferred records go back to wait on an error.
+        """
+        with self._cond:
+            deferred, self._unrecorded = self._unrecorded, []
+        sent = [self._verdict_call(d.attempt, d.verdict) for d in deferred]
+        sent += calls
+        if claims:
+            sent.append(self.store.claim_call(self._queues, self.worker_id, self.lease_ms, claims))
+        try:
+            replies = self.store.run(sent) if sent else []
         except BaseException:
-            self._unreserve()
+            self._unreserve(claims)
+            with self._cond:
+                self._unrecorded[:0] = deferred
             raise
-        found, self._waiting = self.store.parse_claimed(flat, self._queues)
-        if not found:
-            self._unreserve()
-        return found[0] if found else None
+        if claims:
+            found, self._waiting = self.store.parse_claimed(replies[-1], self._queues)
+            self._unreserve(claims - len(found))
+            now = time.monotonic()
+            self._ahead.extend((c, now) for c in found)
+        for d, reply in zip(deferred, replies, strict=False):
+            self._recorded(d.attempt, d.verdict, bool(reply), d.then)
+        return replies[len(deferred) : len(deferred) + len(calls)]
 
     def _parks(self, local: threading.local) -> bool:
         """Tell whether this processor takes up the main thread's request to park."""
@@ -435,17 +503,54 @@ class Worker:
 
     # -- recording ---------------------------------------------------------------
 
-    def _record(self, attempt: Attempt, verdict: Verdict) -> bool:
-        """Store an attempt's outcome (retrying while Redis is away, up to one lease); free its slot."""
+    def _record(self, attempt: Attempt, verdict: Verdict, then: Callable[[], None] | None = None) -> bool:
+        """Store an attempt's outcome (retrying while Redis is away, up to one lease); free its slot.
+
+        then() runs once the outcome is stored. A success on a processor that holds tasks
+        claimed ahead is deferred: it is stored with that processor's next round trip, or
+        by the main thread if that does not come within STEER_EVERY.
+        """
+        if verdict.kind == "succeeded" and self._ahead and getattr(self._local, "processor", False):
+            with self._cond:
+                self._unrecorded.append(Deferred(attempt=attempt, verdict=verdict, then=then))
+            return True
+        stored = False
         try:
             stored = self._store_verdict(attempt, verdict)
         finally:
-            with self._cond:
-                self._running.pop(attempt.task_id, None)
-                self._cond.notify_all()
-            self._busy_changed()
-        self._log_verdict(attempt, verdict, stored)
+            self._recorded(attempt, verdict, stored, then)
         return stored
+
+    def _recorded(
+        self, attempt: Attempt, verdict: Verdict, stored: bool, then: Callable[[], None] | None
+    ) -> None:
+        """Free the attempt's slot, log its outcome and run then() if it was stored."""
+        with self._cond:
+            self._running.pop(attempt.task_id, None)
+            self._cond.notify_all()
+        self._busy_changed()
+        self._log_verdict(attempt, verdict, stored)
+        if stored and then is not None:
+            try:
+                then()
+            except Exception:  # a signal receiver's bug must not take the processor down
+                logger.exception(
+                    "a task_finished receiver raised", extra=self._task_fields(attempt, event="signal_failed")
+                )
+
+    def _flush_deferred(self, older_than: float = 0.0) -> None:
+        """Store deferred outcomes from the main thread when their processor is held up."""
+        with self._cond:
+            due = self._unrecorded and time.monotonic() - self._unrecorded[0].since >= older_than
+        if due:
+            try:
+                self._exchange([], 0)
+            except ConveyorError as exc:
+                logger.warning(
+                    "could not record outcomes: %s",
+                    exc,
+                    extra={"event": "record_failed", "worker_id": self.worker_id},
+                )
 
     def _store_verdict(self, attempt: Attempt, verdict: Verdict) -> bool:
         deadline = time.monotonic() + self.settings.lease
@@ -477,31 +582,17 @@ class Worker:
         return store.finish_call(tid, q, me, "FAILED", self.failed_ttl, fields)
 
     def _write_verdict(self, attempt: Attempt, verdict: Verdict) -> bool:
-        """Record; on a processor that goes on, claim its next task in the same round trip."""
-        calls = [self._verdict_call(attempt, verdict)]
+        """Record; a processor also stores deferred outcomes and claims in the same round trip."""
+        call = self._verdict_call(attempt, verdict)
         local = self._local
-        claim_next = (
-            getattr(local, "processor", False)
-            and self._accepting()
-            and not self._parks(local)
-            and self._queues
-            and self._reserve()
-        )
-        if claim_next:
+        if not getattr(local, "processor", False):
+            return bool(self.store.run([call])[0])
+        claims = 0
+        if self._accepting() and not self._parks(local) and self._queues:
             local.seen = self._announced
-            calls.append(self.store.claim_call(self._queues, self.worker_id, self.lease_ms, 1))
-        try:
-            replies = self.store.run(calls)
-        except BaseException:
-            if claim_next:
-                self._unreserve()
-            raise
-        if claim_next:
-            found, self._waiting = self.store.parse_claimed(replies[1], self._queues)
-            local.next.extend(found)
-            if not found:
-                self._unreserve()
-        return bool(replies[0])
+            claims = self._reserve(self._batch())
+        (reply,) = self._exchange([call], claims)
+        return bool(reply)
 
     def _log_verdict(self, attempt: Attempt, verdict: Verdict, stored: bool) -> None:
         q = attempt.queue
@@ -595,6 +686,7 @@ class Worker:
 
     def _renew(self) -> None:
         leases = [(a.task_id, a.queue) for a in list(self._running.values()) if not a.lease_lost]
+        leases += [(c.task_id, c.queue) for c, _ in list(self._ahead)]
         if not leases:
             return
         try:
@@ -614,9 +706,9 @@ class Worker:
 
     # -- draining ----------------------------------------------------------------
 
-    def _give_back(self, task_id: str, queue: str) -> bool:
+    def _give_back(self, task_id: str, queue: str, *, started: bool = True) -> bool:
         try:
-            return self.store.release(task_id, queue, self.worker_id)
+            return self.store.release(task_id, queue, self.worker_id, started=started)
         except ConveyorError as exc:
             logger.warning(
                 "could not release: %s",
@@ -634,12 +726,28 @@ class Worker:
         """Give running tasks up to the shutdown timeout, then return the rest to their queues."""
         deadline = time.monotonic() + self.settings.shutdown_timeout
         assert self._processors is not None
-        with self._cond:
-            # Wait for the processors too: one may hold a task it claimed with its last record.
-            while (self._running or self._processors.active) and time.monotonic() < deadline:
-                self.loop_beat = time.monotonic()
+        while time.monotonic() < deadline:
+            self.loop_beat = time.monotonic()
+            self._flush_deferred(older_than=STEER_EVERY)
+            with self._cond:
+                # Wait for the processors too: they run what they claimed ahead.
+                if not (self._running or self._ahead or self._processors.active):
+                    break
                 self._cond.wait(timeout=min(0.05, max(0.0, deadline - time.monotonic())))
+        self._flush_deferred()
+        with self._cond:
             left = list(self._running.values())
+        while (claimed := self._take_ahead()) is not None:
+            released = self._give_back(claimed.task_id, claimed.queue, started=False)
+            logger.warning(
+                "task returned to its queue before it started" if released else "task left to its lease",
+                extra={
+                    "event": "task_released",
+                    "task_id": claimed.task_id,
+                    "queue": claimed.queue,
+                    "worker_id": self.worker_id,
+                },
+            )
         for attempt in left:
             if not attempt.finalize():
                 continue

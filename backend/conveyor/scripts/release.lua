@@ -3,6 +3,8 @@
 -- KEYS[1] task hash   KEYS[2] running zset   KEYS[3] ready zset
 -- KEYS[4] ready-since zset   KEYS[5] wake list
 -- ARGV[1] task id   ARGV[2] worker id   ARGV[3] wake list cap
+-- ARGV[4] '0' when the task never started here (claimed ahead): the claim is undone, so
+--         this worker leaves worker_ids and the delivery does not count as an attempt
 -- Returns 1 when released, 0 when the lease was already lost.
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then
   return 0
@@ -13,6 +15,16 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'status', 'READY')
 redis.call('HDEL', KEYS[1], 'owner')
 redis.call('HINCRBY', KEYS[1], 'deliveries', -1)
+if ARGV[4] == '0' then
+  local ids = redis.call('HGET', KEYS[1], 'worker_ids')
+  local mine = '"' .. ARGV[2] .. '"]'
+  if ids == '[' .. mine then
+    redis.call('HSET', KEYS[1], 'worker_ids', '[]')
+    redis.call('HDEL', KEYS[1], 'started_at', 'last_attempted_at')
+  elseif ids and string.sub(ids, -#mine - 1) == ',' .. mine then
+    redis.call('HSET', KEYS[1], 'worker_ids', string.sub(ids, 1, -#mine - 2) .. ']')
+  end
+end
 redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[1], 'score'), ARGV[1])
 redis.call('ZADD', KEYS[4], now_ms, ARGV[1])
 redis.call('LPUSH', KEYS[5], '1')
