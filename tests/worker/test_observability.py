@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import re
 import secrets
@@ -14,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 from conveyor.store import Store
-from conveyor_worker.logs import JsonFormatter, TextFormatter
+from conveyor_worker.logs import BatchingHandler, JsonFormatter, TaskLines, TextFormatter
 from conveyor_worker.metrics import Metrics
 from conveyor_worker.probes import Probes
 
@@ -236,11 +238,56 @@ def test_formatters_keep_the_task_fields() -> None:
     json_line = JsonFormatter().format(record)
     text_line = TextFormatter().format(record)
 
-    parsed = __import__("json").loads(json_line)
+    parsed = json.loads(json_line)
     assert parsed["message"] == "task started"
     assert (parsed["task_id"], parsed["queue"], parsed["attempt"]) == ("abc", "default", 2)
     assert "not_a_field" not in parsed
     assert re.search(r"task started task_id=abc queue=default attempt=2$", text_line)
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter, TextFormatter])
+def test_task_lines_skip_logging_only_when_conveyors_handler_is_alone(
+    formatter: type[logging.Formatter],
+) -> None:
+    """TaskLines writes the same line as logging would; another handler or a filter gets records again."""
+    stream = io.StringIO()
+    handler = BatchingHandler(stream, interval=60)
+    handler.setFormatter(formatter())
+    root = logging.getLogger()
+    log = logging.getLogger("conveyor_worker.lines-test")
+    saved = root.handlers[:], root.level
+    root.handlers[:], root.level = [handler], logging.INFO
+    fields = {
+        "event": "task_started",
+        "task_id": "abc",
+        "queue": "default",
+        "attempt": 1,
+        "kwargs_text": "secret",
+    }
+    try:
+        direct = TaskLines(log)
+        direct.info("task started", fields)
+        log.info("task started", extra=fields)
+        handler.flush()
+        fast, slow = stream.getvalue().splitlines()
+        if formatter is JsonFormatter:
+            assert {**json.loads(fast), "ts": 0} == {**json.loads(slow), "ts": 0}
+        else:
+            assert fast[13:] == slow[13:]  # past the time of day
+        assert "secret" not in fast
+
+        seen: list[logging.LogRecord] = []
+        spy = logging.Handler()
+        spy.emit = seen.append  # type: ignore[method-assign]
+        log.addHandler(spy)
+        try:
+            TaskLines(log).info("task started", fields)
+        finally:
+            log.removeHandler(spy)
+        assert [r.getMessage() for r in seen] == ["task started"]
+    finally:
+        root.handlers[:], root.level = saved
+        handler.close()
 
 
 def test_wait_until_returns_the_value() -> None:

@@ -19,6 +19,7 @@ from conveyor.exceptions import ConveyorError, RedisUnavailable, TaskTimeout
 from conveyor.store import Claimed, Promotion, ScriptCall, Store
 
 from .executor import Attempt, Executor, Verdict
+from .logs import TaskLines
 from .metrics import Metrics
 from .runners import AsyncRunner, Processors
 from .settings import WorkerSettings
@@ -95,6 +96,7 @@ class Worker:
         self.worker_id = settings.worker_id
         self.lease_ms = int(settings.lease * 1000)
         self.executor = Executor(backend, allowed_modules, self._record)
+        self._lines = TaskLines(logger)  # the two INFO lines of every task
         self.result_ttl = backend.settings.result_ttl
         self.failed_ttl = backend.settings.failed_result_ttl
         self._on_busy_change = on_busy_change
@@ -481,7 +483,7 @@ class Worker:
             return
         assert attempt.result is not None and self._async is not None
         self.metrics.count("started", attempt.queue)
-        logger.info("task started", extra=self._task_fields(attempt, event="task_started", status="RUNNING"))
+        self._lines.info("task started", self._task_fields(attempt, event="task_started", status="RUNNING"))
         if attempt.is_async:
             self._async.submit(self.executor.run_async(attempt)).result()
         else:
@@ -608,9 +610,9 @@ class Worker:
         last = verdict.errors[-1] if verdict.errors else None
         if verdict.kind == "succeeded":
             self.metrics.count("succeeded", q)
-            logger.info(
+            self._lines.info(
                 "task finished",
-                extra=self._task_fields(
+                self._task_fields(
                     attempt, event="task_finished", status="SUCCESSFUL", duration_ms=duration_ms
                 ),
             )
