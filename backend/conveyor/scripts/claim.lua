@@ -7,55 +7,106 @@
 -- ARGV[3] most tasks to claim
 -- Returns a flat array {id1, queue index1 (0-based), {field, value, ...}, id2, ...,
 -- waiting}: the claimed tasks, then how many tasks are still ready in these queues.
--- Bounded: at most 2N+8 pops, each looking at one head per queue.
+-- Bounded: at most 2N+8 pops; with several queues each head is read once and again
+-- only after a pop from its queue (nothing else here changes a ready zset).
+-- This is the worker's hottest script, so it makes as few calls as it can: one queue
+-- pops without a head scan, and one HGETALL both checks a task and becomes its reply
+-- (patched with what the HSET writes, as HGETALL after it would return).
 local t = redis.call('TIME')
-local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local now_text = string.format('%.0f', now_us)
-local deadline = string.format('%.0f', math.floor(now_us / 1000) + tonumber(ARGV[2]))
+local now_text = t[1] .. string.sub('00000' .. t[2], -6) -- microseconds
+local deadline = string.format('%d', tonumber(string.sub(now_text, 1, -4)) + tonumber(ARGV[2]))
 local worker = ARGV[1]
 local nq = (#KEYS - 1) / 3
 local limit = tonumber(ARGV[3])
 local out = {}
 local claimed, pops = 0, 0
+local heads = {} -- queue index -> head score, false when empty, nil when not read yet
+
+-- Set a field of an HGETALL reply the way HSET does: in place, or appended when new.
+local function put(record, at, name, value)
+  if at then
+    record[at] = value
+  else
+    record[#record + 1] = name
+    record[#record + 1] = value
+  end
+end
+
 while claimed < limit and pops < limit * 2 + 8 do
-  local best, best_score = nil, nil
-  for i = 0, nq - 1 do
-    local head = redis.call('ZRANGE', KEYS[2 + 3 * i], 0, 0, 'WITHSCORES')
-    if head[1] then
-      local score = tonumber(head[2])
-      if best_score == nil or score < best_score then
+  local best = 0
+  if nq ~= 1 then
+    local best_score = nil
+    best = nil
+    for i = 0, nq - 1 do
+      local score = heads[i]
+      if score == nil then
+        local head = redis.call('ZRANGE', KEYS[2 + 3 * i], '0', '0', 'WITHSCORES')
+        score = head[1] and tonumber(head[2]) or false
+        heads[i] = score
+      end
+      if score and (best_score == nil or score < best_score) then
         best, best_score = i, score
       end
     end
+    if best == nil then
+      break
+    end
+    heads[best] = nil
   end
-  if best == nil then
+  local id = redis.call('ZPOPMIN', KEYS[2 + 3 * best])[1]
+  if id == nil then
     break
   end
   pops = pops + 1
-  local id = redis.call('ZPOPMIN', KEYS[2 + 3 * best])[1]
   redis.call('ZREM', KEYS[3 + 3 * best], id)
   local key = KEYS[1] .. id
-  if redis.call('HGET', key, 'status') == 'READY' then
-    local ids = redis.call('HGET', key, 'worker_ids')
+  local record = redis.call('HGETALL', key) -- empty when the hash is gone
+  local status, started, attempted, ids_at, owner, deliveries_at
+  for i = 1, #record, 2 do
+    local name = record[i]
+    if name == 'status' then
+      status = i + 1
+    elseif name == 'started_at' then
+      started = i + 1
+    elseif name == 'last_attempted_at' then
+      attempted = i + 1
+    elseif name == 'worker_ids' then
+      ids_at = i + 1
+    elseif name == 'owner' then
+      owner = i + 1
+    elseif name == 'deliveries' then
+      deliveries_at = i + 1
+    end
+  end
+  if status and record[status] == 'READY' then
+    local ids = ids_at and record[ids_at]
     if not ids or ids == '[]' then
       ids = '["' .. worker .. '"]'
     else
       ids = string.sub(ids, 1, -2) .. ',"' .. worker .. '"]'
     end
+    local deliveries = string.format('%d', (deliveries_at and tonumber(record[deliveries_at]) or 0) + 1)
     redis.call('ZADD', KEYS[4 + 3 * best], deadline, id)
     redis.call('HSET', key, 'status', 'RUNNING', 'started_at', now_text,
-      'last_attempted_at', now_text, 'worker_ids', ids, 'owner', worker)
-    redis.call('HINCRBY', key, 'deliveries', 1)
+      'last_attempted_at', now_text, 'worker_ids', ids, 'owner', worker, 'deliveries', deliveries)
+    put(record, status, 'status', 'RUNNING')
+    put(record, started, 'started_at', now_text)
+    put(record, attempted, 'last_attempted_at', now_text)
+    put(record, ids_at, 'worker_ids', ids)
+    put(record, owner, 'owner', worker)
+    put(record, deliveries_at, 'deliveries', deliveries)
     out[#out + 1] = id
     out[#out + 1] = best
-    out[#out + 1] = redis.call('HGETALL', key)
+    out[#out + 1] = record
     claimed = claimed + 1
   end
 end
 local waiting = 0
 if claimed > 0 then
   for i = 0, nq - 1 do
-    waiting = waiting + redis.call('ZCARD', KEYS[2 + 3 * i])
+    if heads[i] ~= false then -- a queue read empty above is still empty
+      waiting = waiting + redis.call('ZCARD', KEYS[2 + 3 * i])
+    end
   end
 end
 out[#out + 1] = waiting
