@@ -309,3 +309,230 @@ def test_dumps_refuses_nan() -> None:
     """Refuse NaN at the lowest level too."""
     with pytest.raises(ValueError, match="not JSON compliant"):
         codec.dumps(math.nan)
+
+
+# -- the worker's decoding path ---------------------------------------------------
+# decode() reads a hash as Redis returns it without decoding every field first, and hands
+# anything it cannot vouch for to the field-by-field decoder that names the problem. The
+# two must agree on every record: the same TaskRecord, or the same CorruptRecord.
+
+STARTED_AT = ENQUEUED_AT + timedelta(milliseconds=3)
+
+
+def claimed_fields(**overrides: Any) -> dict[bytes, bytes]:
+    """Return a record as claim.lua leaves it (RUNNING, with owner and score), with some fields replaced."""
+    started = codec.to_micros(STARTED_AT)
+    claimed: dict[str, Any] = {
+        "status": "RUNNING",
+        "started_at": started,
+        "last_attempted_at": started,
+        "worker_ids": '["w"]',
+        "owner": "w",
+        "deliveries": "1",
+        "score": str(100 * 2**44 + 17),
+        "args": "[]",
+        "kwargs": "{}",
+    }
+    return record_fields(**(claimed | overrides))
+
+
+PLAIN_RECORDS: dict[str, dict[str, Any]] = {
+    "claimed": {},
+    "fresh": {"status": "READY", "started_at": None, "last_attempted_at": None, "worker_ids": None},
+    "with arguments": {"args": '[1,"two",null,2.5,[true]]', "kwargs": '{"a":{"b":[]}}'},
+    "non-ascii arguments": {"args": '["é","日本"]', "kwargs": '{"ключ":"значение"}'},
+    "spaces inside json": {"args": "[1, 2]", "kwargs": '{"a": 1}', "worker_ids": '["a", "b"]'},
+    "retried": {
+        "worker_ids": '["w1","w2"]',
+        "errors": codec.encode_errors([codec.ErrorRecord(exception_class_path="a.B", traceback="tb é\n")]),
+        "deliveries": "2",
+        "last_attempted_at": codec.to_micros(STARTED_AT + timedelta(seconds=5)),
+    },
+    "error entry without keys": {"errors": '[{},{"traceback":7}]'},
+    "empty errors with a space": {"errors": "[ ]"},
+    "empty optional fields": {
+        "errors": "",
+        "worker_ids": "",
+        "result": "",
+        "deliveries": "",
+        "run_after": "",
+    },
+    "finished": {"status": "SUCCESSFUL", "finished_at": codec.to_micros(STARTED_AT), "result": '{"a":[1]}'},
+    "null result": {"status": "SUCCESSFUL", "result": "null"},
+    "failed": {"status": "FAILED", "result": "NaN"},
+    "non-string worker ids": {"worker_ids": '[1,null,"w"]'},
+    "run after": {"run_after": codec.to_micros(ENQUEUED_AT + timedelta(days=1))},
+    "empty task text": {"task": "", "queue": ""},
+    "spaced integers": {"priority": " -7 ", "deliveries": "+3", "enqueued_at": "1_000"},
+    "earliest and latest moments": {
+        "enqueued_at": codec.to_micros(datetime(1, 1, 1, tzinfo=UTC)),
+        "started_at": codec.to_micros(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+        "last_attempted_at": -1,
+    },
+    "fields nobody reads": {"owner": "wörker", "future_field": "x"},
+}
+
+
+@pytest.mark.parametrize("overrides", PLAIN_RECORDS.values(), ids=PLAIN_RECORDS.keys())
+def test_plain_records_decode_without_the_checked_path(overrides: dict[str, Any]) -> None:
+    """Decode well-formed records on the cheap path, to exactly what the checked path returns."""
+    fields = claimed_fields(**overrides)
+
+    plain = codec._decode_plain("abc", fields)
+
+    assert plain is not None
+    assert plain == codec._decode_checked("abc", fields) == codec.decode("abc", fields)
+    assert type(plain.errors) is tuple
+    assert type(plain.worker_ids) is tuple
+    for moment in (plain.run_after, plain.enqueued_at, plain.started_at, plain.last_attempted_at):
+        assert moment is None or moment.tzinfo is UTC
+
+
+DEFERRED_RECORDS: dict[str, dict[Any, Any]] = {
+    "leading space in args": claimed_fields(args=" [1]"),
+    "trailing newline in kwargs": claimed_fields(kwargs='{"a":1}\n'),
+    "spaces around worker ids": claimed_fields(worker_ids=' ["w"] '),
+    "unicode digits in priority": claimed_fields(priority="٣".encode()),
+    "str keys and values": {k.decode(): v.decode() for k, v in claimed_fields().items()},
+    "int values": {**claimed_fields(), b"priority": 4, b"deliveries": 2},
+    "mixed keys": {**claimed_fields(), "extra": "x"},
+}
+
+
+@pytest.mark.parametrize("fields", DEFERRED_RECORDS.values(), ids=DEFERRED_RECORDS.keys())
+def test_unusual_but_valid_records_are_left_to_the_checked_path(fields: dict[Any, Any]) -> None:
+    """Leave what the cheap path cannot vouch for to the checked path, which still decodes it."""
+    assert codec._decode_plain("abc", fields) is None
+    assert codec.decode("abc", fields) == codec._decode_checked("abc", fields)
+
+
+CORRUPT: dict[str, tuple[dict[str, Any], str]] = {
+    # name: (changes to a claimed record, None to drop a field; the CorruptRecord message)
+    "no version": ({"v": None}, "field 'v' is missing"),
+    "unknown version": ({"v": "99"}, "unknown record version '99'"),
+    "no status": ({"status": None}, "field 'status' is missing"),
+    "unknown status": ({"status": "DONE"}, "unknown status 'DONE'"),
+    "no task": ({"task": None}, "field 'task' is missing"),
+    "no queue": ({"queue": None}, "field 'queue' is missing"),
+    "no priority": ({"priority": None}, "field 'priority' is missing"),
+    "priority not a number": ({"priority": "high"}, "record 'abc' cannot be decoded: invalid literal"),
+    "no backend": ({"backend": None}, "field 'backend' is missing"),
+    "no args": ({"args": None}, "field 'args' is missing"),
+    "empty args": ({"args": ""}, "field 'args' is not valid JSON"),
+    "args not a list": ({"args": '{"a":1}'}, "field 'args' is not a JSON list"),
+    "args with trailing data": ({"args": "[1] [2]"}, "field 'args' is not valid JSON"),
+    "no kwargs": ({"kwargs": None}, "field 'kwargs' is missing"),
+    "kwargs not a dict": ({"kwargs": "[]"}, "field 'kwargs' is not a JSON dict"),
+    "worker ids not a list": ({"worker_ids": "null"}, "field 'worker_ids' is not a JSON list"),
+    "errors an empty object": ({"errors": "{}"}, "field 'errors' is not a JSON list"),
+    "errors zero": ({"errors": "0"}, "field 'errors' is not a JSON list"),
+    "error entry not an object": ({"errors": '[{"traceback":"x"},"y"]'}, "an error entry is not an object"),
+    "result not json": ({"result": "{"}, "record 'abc' cannot be decoded: Expecting"),
+    "deliveries not a number": ({"deliveries": "2.0"}, "record 'abc' cannot be decoded"),
+    "enqueued at not a number": ({"enqueued_at": "now"}, "field 'enqueued_at' is not a timestamp"),
+    "started before year 1": (
+        {"started_at": codec.to_micros(datetime(1, 1, 1, tzinfo=UTC)) - 1},
+        "field 'started_at' is not a timestamp",
+    ),
+    "last attempt after year 9999": (
+        {"last_attempted_at": codec.to_micros(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)) + 1},
+        "field 'last_attempted_at' is not a timestamp",
+    ),
+    "finished at overflows": ({"finished_at": str(10**30)}, "field 'finished_at' is not a timestamp"),
+    "run after overflows": ({"run_after": str(-(10**30))}, "field 'run_after' is not a timestamp"),
+    "task not utf-8": ({"task": b"\xff\xfe"}, "record 'abc' cannot be decoded: 'utf-8' codec"),
+    "truncated utf-8 in args": ({"args": '["é"]'.encode()[:-3]}, "cannot be decoded: 'utf-8' codec"),
+    "unread field not utf-8": ({"owner": b"w\xff"}, "cannot be decoded: 'utf-8' codec"),
+    # With several faults, the first in the checked order is the one named.
+    "status and version wrong": ({"status": "DONE", "v": "2"}, "unknown record version '2'"),
+    "priority and backend wrong": ({"priority": "x", "backend": None}, "cannot be decoded"),
+    "errors and task wrong": ({"errors": "[1]", "task": None}, "an error entry is not an object"),
+}
+
+
+@pytest.mark.parametrize(("overrides", "message"), CORRUPT.values(), ids=CORRUPT.keys())
+def test_corrupt_records_are_named_by_the_checked_path(overrides: dict[str, Any], message: str) -> None:
+    """Leave every corrupt record to the checked path, which raises CorruptRecord naming the fault."""
+    fields = claimed_fields(**overrides)
+
+    assert codec._decode_plain("abc", fields) is None
+    with pytest.raises(CorruptRecord) as raised:
+        codec.decode("abc", fields)
+    assert message in str(raised.value)
+
+
+def test_a_key_that_is_not_utf8_is_corrupt() -> None:
+    """Refuse a hash whose field name is not UTF-8, although no field of that name is read."""
+    fields = {**claimed_fields(), b"\xffowner": b"w"}
+
+    assert codec._decode_plain("abc", fields) is None
+    with pytest.raises(CorruptRecord, match="cannot be decoded"):
+        codec.decode("abc", fields)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{b"x": b"w\xc3", b"y": b"\xa9"}, {b"a\xc3": b"1", b"\xa9b": b"2"}],
+    ids=["values", "keys"],
+)
+def test_halves_of_a_character_in_neighbouring_fields_are_corrupt(extra: dict[bytes, bytes]) -> None:
+    """Refuse two fields that are each not UTF-8, though together they would spell 'é'."""
+    fields = {**claimed_fields(args='["é"]'), **extra}
+
+    assert codec._decode_plain("abc", fields) is None
+    with pytest.raises(CorruptRecord, match="cannot be decoded: 'utf-8' codec"):
+        codec.decode("abc", fields)
+
+
+def test_decoded_lists_are_fresh_for_every_record() -> None:
+    """Give every record its own args and kwargs, even where the stored text is '[]' and '{}'."""
+    first, second = codec.decode("a", claimed_fields()), codec.decode("b", claimed_fields())
+
+    first.args.append(1)
+    first.kwargs["k"] = 1
+
+    assert (second.args, second.kwargs) == ([], {})
+
+
+def test_timestamps_are_exact_aware_utc() -> None:
+    """Decode the claim's timestamps to the microsecond, as aware UTC datetimes."""
+    attempted = STARTED_AT + timedelta(microseconds=1)
+
+    record = codec.decode("abc", claimed_fields(last_attempted_at=codec.to_micros(attempted)))
+
+    assert (record.enqueued_at, record.started_at, record.last_attempted_at) == (
+        ENQUEUED_AT,
+        STARTED_AT,
+        attempted,
+    )
+    assert record.started_at is not None
+    assert record.started_at.tzinfo is UTC
+    assert record.started_at.microsecond == STARTED_AT.microsecond
+
+
+def test_claimed_record_becomes_a_running_task_result() -> None:
+    """Build the TaskResult the worker runs from a claimed record."""
+    record = codec.decode("abc", claimed_fields(args='[1,"x"]', kwargs='{"k":[2]}'))
+
+    result = codec.to_task_result(record, tasks.noop_task)
+
+    assert result.status is TaskResultStatus.RUNNING
+    assert (result.id, result.backend, result.task) == ("abc", "default", tasks.noop_task)
+    assert (result.args, result.kwargs) == ([1, "x"], {"k": [2]})
+    assert (result.enqueued_at, result.started_at, result.last_attempted_at) == (
+        ENQUEUED_AT,
+        STARTED_AT,
+        STARTED_AT,
+    )
+    assert result.finished_at is None
+    assert (result.errors, result.worker_ids, result.attempts) == ([], ["w"], 1)
+    with pytest.raises(ValueError, match="not finished yet"):
+        _ = result.return_value
+
+
+@pytest.mark.parametrize(("text", "value"), [("null", None), ("0", 0), ('""', ""), ("[]", [])])
+def test_falsy_return_values_survive(text: str, value: Any) -> None:
+    """Keep a successful task's falsy return value, None included."""
+    record = codec.decode("abc", claimed_fields(status="SUCCESSFUL", result=text))
+
+    assert codec.to_task_result(record, tasks.noop_task).return_value == value
