@@ -61,40 +61,27 @@ while claimed < limit and pops < limit * 2 + 8 do
   redis.call('ZREM', KEYS[3 + 3 * best], id)
   local key = KEYS[1] .. id
   local record = redis.call('HGETALL', key) -- empty when the hash is gone
-  local status, started, attempted, ids_at, owner, deliveries_at
+  local at = {} -- field name -> index of its value in the reply
   for i = 1, #record, 2 do
-    local name = record[i]
-    if name == 'status' then
-      status = i + 1
-    elseif name == 'started_at' then
-      started = i + 1
-    elseif name == 'last_attempted_at' then
-      attempted = i + 1
-    elseif name == 'worker_ids' then
-      ids_at = i + 1
-    elseif name == 'owner' then
-      owner = i + 1
-    elseif name == 'deliveries' then
-      deliveries_at = i + 1
-    end
+    at[record[i]] = i + 1
   end
-  if status and record[status] == 'READY' then
-    local ids = ids_at and record[ids_at]
+  if at.status and record[at.status] == 'READY' then
+    local ids = at.worker_ids and record[at.worker_ids]
     if not ids or ids == '[]' then
       ids = '["' .. worker .. '"]'
     else
       ids = string.sub(ids, 1, -2) .. ',"' .. worker .. '"]'
     end
-    local deliveries = string.format('%d', (deliveries_at and tonumber(record[deliveries_at]) or 0) + 1)
+    local deliveries = string.format('%d', (at.deliveries and tonumber(record[at.deliveries]) or 0) + 1)
     redis.call('ZADD', KEYS[4 + 3 * best], deadline, id)
     redis.call('HSET', key, 'status', 'RUNNING', 'started_at', now_text,
       'last_attempted_at', now_text, 'worker_ids', ids, 'owner', worker, 'deliveries', deliveries)
-    put(record, status, 'status', 'RUNNING')
-    put(record, started, 'started_at', now_text)
-    put(record, attempted, 'last_attempted_at', now_text)
-    put(record, ids_at, 'worker_ids', ids)
-    put(record, owner, 'owner', worker)
-    put(record, deliveries_at, 'deliveries', deliveries)
+    put(record, at.status, 'status', 'RUNNING')
+    put(record, at.started_at, 'started_at', now_text)
+    put(record, at.last_attempted_at, 'last_attempted_at', now_text)
+    put(record, at.worker_ids, 'worker_ids', ids)
+    put(record, at.owner, 'owner', worker)
+    put(record, at.deliveries, 'deliveries', deliveries)
     out[#out + 1] = id
     out[#out + 1] = best
     out[#out + 1] = record
