@@ -6,11 +6,14 @@ import asyncio
 import ctypes
 import logging
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+CRASH_BACKOFF_MAX = 5.0  # seconds, cap of the pause before replacing a thread that crashed at once
 
 
 def interrupt_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
@@ -30,6 +33,7 @@ class Processors:
         self._retired: set[int] = set()
         self._threads: dict[int, threading.Thread] = {}
         self._counter = 0
+        self._quick_crashes = 0  # crashes in a row of threads that lived under a second
 
     def start(self) -> None:
         """Start the threads (separate from __init__, so their owner can keep a reference first)."""
@@ -46,11 +50,18 @@ class Processors:
 
     def _serve(self) -> None:
         me = threading.get_ident()
+        born = time.monotonic()
         try:
             self._target()
         except BaseException:  # a late timeout interrupt, or a bug: never lose a slot silently
             if not self.is_retired(me):
                 logger.exception("task thread crashed; replacing it")
+                # A thread that keeps crashing at once must not become a hot spawn loop.
+                with self._lock:
+                    self._quick_crashes = self._quick_crashes + 1 if time.monotonic() - born < 1 else 0
+                    n = self._quick_crashes
+                    pause = min(CRASH_BACKOFF_MAX, 0.05 * 2 ** min(n - 1, 10)) if n else 0.0
+                time.sleep(pause)
                 self._spawn()
         finally:
             with self._lock:
