@@ -359,7 +359,7 @@ PLAIN_RECORDS: dict[str, dict[str, Any]] = {
     },
     "finished": {"status": "SUCCESSFUL", "finished_at": codec.to_micros(STARTED_AT), "result": '{"a":[1]}'},
     "null result": {"status": "SUCCESSFUL", "result": "null"},
-    "failed": {"status": "FAILED", "result": "NaN"},
+    "failed": {"status": "FAILED", "result": "-0.5"},
     "non-string worker ids": {"worker_ids": '[1,null,"w"]'},
     "run after": {"run_after": codec.to_micros(ENQUEUED_AT + timedelta(days=1))},
     "empty task text": {"task": "", "queue": ""},

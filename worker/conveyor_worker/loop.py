@@ -295,7 +295,8 @@ class Worker:
         self._cpu_mark = (mono, cpu)
         if mono > last_mono:
             self._load = (self._load + (cpu - last_cpu) / (mono - last_mono)) / 2
-        long = sum(1 for a in list(self._running.values()) if mono - a.started >= LONG_TASK)
+        running = list(self._running.values())  # finalized ones only wait for their record
+        long = sum(1 for a in running if not a.finalized and mono - a.started >= LONG_TASK)
         with self._work:
             cycling = self.settings.concurrency - self._idle - long
             step = pace(idle=self._idle, cycling=cycling, waiting=self._waiting > 0, load=self._load)
