@@ -66,6 +66,14 @@ class ScriptCall:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Sent:
+    """Calls send_ahead() wrote to a connection whose replies receive() has yet to read."""
+
+    conn: Any
+    calls: Sequence[ScriptCall]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Claimed:
     """A task this worker now holds the lease on, with its raw record."""
 
@@ -316,18 +324,12 @@ class Store:
         Scripts Redis lost (a restart, SCRIPT FLUSH) are loaded again and only the calls
         that failed with NOSCRIPT are sent again; a broken connection is retried once.
         """
-        pool = self.client.connection_pool
         holding = getattr(self._held, "active", False)
         for attempt in (1, 2):
             conn = self._held.conn if holding else None
             try:
-                if conn is None:  # a spare from an earlier call skips the pool's per-checkout checks
-                    if self._spare_pid != os.getpid():  # forked: the parent's sockets are not ours
-                        self._spare, self._spare_pid = [], os.getpid()
-                    try:
-                        conn = self._spare.pop()
-                    except IndexError:
-                        conn = pool.make_connection()
+                if conn is None:
+                    conn = self._take_connection()
                     if holding:
                         self._held.conn = conn
                 replies = self._exchange(conn, calls)
@@ -348,9 +350,55 @@ class Store:
             return replies
         raise AssertionError("unreachable")
 
+    def _take_connection(self) -> Any:
+        """Return a spare connection (skipping the pool's per-checkout checks) or a new one."""
+        if self._spare_pid != os.getpid():  # forked: the parent's sockets are not ours
+            self._spare, self._spare_pid = [], os.getpid()
+        try:
+            return self._spare.pop()
+        except IndexError:
+            return self.client.connection_pool.make_connection()
+
+    def send_ahead(self, calls: Sequence[ScriptCall]) -> Sent:
+        """Write calls on the calling thread's held connection without waiting for their replies.
+
+        The connection carries nothing else until receive() has read them, from this
+        thread or another; a connection given back with replies unread is closed.
+        """
+        assert getattr(self._held, "active", False), "send_ahead needs hold_connection()"
+        conn = self._held.conn
+        try:
+            if conn is None:
+                conn = self._held.conn = self._take_connection()
+            self._write(conn, calls)
+        except (RedisError, OSError) as exc:
+            if conn is not None:
+                conn.disconnect()
+            raise self._translate_any(exc) from exc
+        conn.conveyor_unread = True
+        return Sent(conn=conn, calls=calls)
+
+    def receive(self, sent: Sent) -> list[Any]:
+        """Read the replies to a send_ahead() (NOSCRIPT calls are sent again, as run() does)."""
+        conn = sent.conn
+        try:
+            replies = self._complete(conn, sent.calls, self._read(conn, len(sent.calls)))
+        except (RedisError, OSError) as exc:
+            conn.disconnect()
+            raise self._translate_any(exc) from exc
+        finally:
+            conn.conveyor_unread = False
+        for reply in replies:
+            if isinstance(reply, RedisError):
+                raise self._translate(reply) from reply
+        return replies
+
     def _exchange(self, conn: Any, calls: Sequence[ScriptCall]) -> list[Any]:
         """Send the calls; load scripts Redis lost and send again only the calls that needed them."""
-        replies = self._send(conn, calls)
+        return self._complete(conn, calls, self._send(conn, calls))
+
+    def _complete(self, conn: Any, calls: Sequence[ScriptCall], replies: list[Any]) -> list[Any]:
+        """Load scripts Redis lost and send again only the calls that failed with NOSCRIPT."""
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:
             for name in {calls[i].name for i in missing}:
@@ -370,17 +418,27 @@ class Store:
             self._held.active = False
             conn, self._held.conn = getattr(self._held, "conn", None), None
             if conn is not None:
+                if getattr(conn, "conveyor_unread", False):  # replies nobody will read: drop them
+                    conn.disconnect()
+                    conn.conveyor_unread = False
                 self._spare.append(conn)
 
     def _send(self, conn: Any, calls: Sequence[ScriptCall]) -> list[Any]:
+        self._write(conn, calls)
+        return self._read(conn, len(calls))
+
+    def _write(self, conn: Any, calls: Sequence[ScriptCall]) -> None:
         commands = [("EVALSHA", self.script(c.name).sha, len(c.keys), *c.keys, *c.args) for c in calls]
         if pack_command is not None:  # hiredis packs str/int arguments directly, without redis-py's pass
             packed: Any = [b"".join(pack_command(cmd) for cmd in commands)]
         else:
             packed = conn.pack_commands(commands)
         conn.send_packed_command(packed)
+
+    @staticmethod
+    def _read(conn: Any, count: int) -> list[Any]:
         replies: list[Any] = []
-        for _ in calls:
+        for _ in range(count):
             try:
                 replies.append(conn.read_response())
             except ResponseError as exc:

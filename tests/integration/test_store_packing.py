@@ -51,3 +51,37 @@ def test_a_forked_child_does_not_reuse_the_parents_connections(backend: object) 
     # Then it used a connection of its own, and the parent's still works
     assert os.waitstatus_to_exitcode(status) == 0
     tasks.noop_task.enqueue()
+
+
+def test_replies_sent_ahead_are_read_later_from_another_thread(backend: object) -> None:
+    """send_ahead() returns before the replies; receive() reads them, here from another thread."""
+    import threading
+
+    store = backend.store  # type: ignore[attr-defined]
+    first, second = tasks.noop_task.enqueue(), tasks.noop_task.enqueue()
+    got: list[object] = []
+    with store.hold_connection():
+        sent = store.send_ahead([store.claim_call(["default"], "w1", 10_000, 2)])
+        reader = threading.Thread(target=lambda: got.append(store.receive(sent)))
+        reader.start()
+        reader.join()
+        # the held connection is free again for the next round trip
+        finished = store.finish(first.id, "default", "w1", "SUCCESSFUL", 60, {"result": "1"})
+
+    (flat,) = got[0]  # type: ignore[misc]
+    claimed, waiting = store.parse_claimed(flat, ["default"])
+    assert [c.task_id for c in claimed] == [first.id, second.id]
+    assert waiting == 0
+    assert finished is True
+
+
+def test_a_connection_given_back_with_replies_unread_is_not_reused_as_is(backend: object) -> None:
+    """Replies nobody read never reach the next caller of that connection."""
+    store = backend.store  # type: ignore[attr-defined]
+    tasks.noop_task.enqueue()
+    with store.hold_connection():
+        store.send_ahead([store.claim_call(["default"], "w1", 10_000, 1)])  # claims it; never read
+
+    # The next round trip takes the spare connection last given back: it must read its own
+    # reply (nothing left to claim), not the unread one that holds the task.
+    assert store.claim(["default"], "w2", 10_000, 1) == []

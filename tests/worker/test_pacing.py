@@ -137,3 +137,22 @@ def test_a_drain_gives_back_tasks_claimed_ahead_as_never_started(
     assert [stored[r.id].worker_ids for r in ahead] == [[], []]
     ready = b.store.call(lambda c: c.zrange(b.keys.ready("default"), 0, -1))
     assert sorted(i.decode() for i in ready) == sorted(stored)
+
+
+def test_a_round_trip_sent_before_a_long_last_task_is_read_without_waiting_for_it(
+    backend: object, make_worker: WorkerFactory, claims_of_two: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records and claims sent ahead of a batch's long last task land within moments, not after it."""
+    monkeypatch.setattr(loop, "pace", lambda **_: "hold")  # only hand-overs wake the other processor
+    b = real_backend()
+    worker = make_worker(concurrency=2).start()
+    wait_until(lambda: worker.worker._idle == 2 or None, what="both processors idle")
+
+    first = tasks.calculate_meaning_of_life.using(priority=10).enqueue()  # claimed with the long one
+    long = worker_tasks.record_interval.using(priority=5).enqueue(5.0)
+    later = [tasks.calculate_meaning_of_life.enqueue() for _ in range(2)]  # claimed ahead of the long one
+
+    for result in [first, *later]:
+        assert wait_finished(b, result.id).return_value == 42
+    assert b.get_result(long.id).status == TaskResultStatus.RUNNING, "the round trip waited for the long task"
+    assert worker.stop() == 0

@@ -16,7 +16,7 @@ from typing import Any
 from conveyor import codec
 from conveyor.backend import RedisBackend
 from conveyor.exceptions import ConveyorError, RedisUnavailable, TaskTimeout
-from conveyor.store import Claimed, Promotion, ScriptCall, Store
+from conveyor.store import Claimed, Promotion, ScriptCall, Sent, Store
 
 from .executor import Attempt, Executor, Verdict
 from .logs import TaskLines
@@ -59,6 +59,18 @@ class Deferred:
     verdict: Verdict
     then: Callable[[], None] | None
     since: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True, kw_only=True)
+class InFlight:
+    """A record-and-claim round trip a processor sent before running its last task claimed ahead."""
+
+    sent: Sent
+    deferred: list[Deferred]
+    claims: int
+    since: float = field(default_factory=time.monotonic)
+    landed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class State(enum.StrEnum):
@@ -114,6 +126,7 @@ class Worker:
         self._park = 0  # cycling processors asked to go idle (under _work)
         self._ahead: deque[tuple[Claimed, float]] = deque()  # claimed, not started yet (claim time)
         self._unrecorded: list[Deferred] = []  # successes waiting for a round trip (under _cond)
+        self._in_flight: dict[int, InFlight] = {}  # per processor thread, replies unread (under _cond)
         self._cpu_mark = (time.monotonic(), time.process_time())
         self._load = 0.0  # smoothed share of one core the process uses
         self._local = threading.local()
@@ -239,6 +252,7 @@ class Worker:
             idle = self._idle
         everyone_idle = idle == self.settings.concurrency and not self._ahead
         if everyone_idle:
+            self._land_stale(older_than=0.0)
             self._flush_deferred()
         # Stop only once every processor is idle: a claimed task is not in _running (busy)
         # until it has been prepared, and the drain would cut it off at the shutdown timeout.
@@ -307,6 +321,7 @@ class Worker:
             if ahead and mono - ahead[0][1] >= STEER_EVERY:
                 # The processor that claimed them is held up: let idle ones take them.
                 self._work.notify(len(ahead))
+        self._land_stale(older_than=STEER_EVERY)
         self._flush_deferred(older_than=STEER_EVERY)
 
     @staticmethod
@@ -398,6 +413,7 @@ class Worker:
                     if claimed is None:
                         break
                 self._execute(claimed)
+            self._land(local)
 
     def _idle_until_woken(self, local: threading.local) -> bool:
         """Wait for the main thread's wake; False once this processor must stop taking work."""
@@ -428,6 +444,9 @@ class Worker:
 
     def _claim(self, local: threading.local) -> Claimed | None:
         """Claim a batch (recording any deferred outcomes in the same round trip); return the first."""
+        self._land(local)
+        if self._ahead:
+            return self._take_ahead()
         local.seen = self._announced
         if not self._queues:
             return None
@@ -461,6 +480,74 @@ class Worker:
         for d, reply in zip(deferred, replies, strict=False):
             self._recorded(d.attempt, d.verdict, bool(reply), d.then)
         return replies[len(deferred) : len(deferred) + len(calls)]
+
+    def _send_ahead(self, local: threading.local) -> None:
+        """Send the deferred records and the next claim without waiting (see _land)."""
+        if not self._queues:
+            return
+        claims = self._reserve(self._batch())
+        local.seen = self._announced
+        with self._cond:
+            deferred, self._unrecorded = self._unrecorded, []
+        calls = [self._verdict_call(d.attempt, d.verdict) for d in deferred]
+        if claims:
+            calls.append(self.store.claim_call(self._queues, self.worker_id, self.lease_ms, claims))
+        try:
+            sent = self.store.send_ahead(calls)
+        except ConveyorError:  # they go again with the next round trip (or the main thread's)
+            self._unreserve(claims)
+            with self._cond:
+                self._unrecorded[:0] = deferred
+            return
+        flight = InFlight(sent=sent, deferred=deferred, claims=claims)
+        local.flight = flight
+        with self._cond:
+            self._in_flight[threading.get_ident()] = flight
+
+    def _land(self, local: threading.local) -> None:
+        """Read the replies of this processor's round trip in flight, if any."""
+        flight = getattr(local, "flight", None)
+        if flight is not None:
+            local.flight = None
+            self._read_flight(threading.get_ident(), flight)
+
+    def _read_flight(self, owner: int, flight: InFlight) -> None:
+        """Read a round trip's replies (by its processor, or by the main thread if it waits too long)."""
+        with flight.lock:
+            if flight.landed:
+                return
+            flight.landed = True
+            with self._cond:
+                self._in_flight.pop(owner, None)
+            try:
+                replies = self.store.receive(flight.sent)
+            except ConveyorError as exc:
+                # The records go again (fenced by owner); claimed tasks, if any, come back
+                # when their leases expire.
+                self._unreserve(flight.claims)
+                with self._cond:
+                    self._unrecorded[:0] = flight.deferred
+                logger.warning(
+                    "could not read a round trip: %s",
+                    exc,
+                    extra={"event": "record_failed", "worker_id": self.worker_id},
+                )
+                return
+        if flight.claims:
+            found, self._waiting = self.store.parse_claimed(replies[-1], self._queues)
+            self._unreserve(flight.claims - len(found))
+            now = time.monotonic()
+            self._ahead.extend((c, now) for c in found)
+        for d, reply in zip(flight.deferred, replies, strict=False):
+            self._recorded(d.attempt, d.verdict, bool(reply), d.then)
+
+    def _land_stale(self, older_than: float) -> None:
+        """Read round trips whose processor has not come back for them (a long last task)."""
+        now = time.monotonic()
+        with self._cond:
+            stale = [(t, f) for t, f in self._in_flight.items() if now - f.since >= older_than]
+        for owner, flight in stale:
+            self._read_flight(owner, flight)
 
     def _parks(self, local: threading.local) -> bool:
         """Tell whether this processor takes up the main thread's request to park."""
@@ -513,9 +600,17 @@ class Worker:
         claimed ahead is deferred: it is stored with that processor's next round trip, or
         by the main thread if that does not come within STEER_EVERY.
         """
-        if verdict.kind == "succeeded" and self._ahead and getattr(self._local, "processor", False):
+        local = self._local
+        processor = getattr(local, "processor", False)
+        if processor:
+            self._land(local)  # its connection carries nothing else until those replies are read
+        if verdict.kind == "succeeded" and self._ahead and processor:
             with self._cond:
                 self._unrecorded.append(Deferred(attempt=attempt, verdict=verdict, then=then))
+            if len(self._ahead) == 1 and self._waiting and self._accepting() and not self._parks(local):
+                # The batch's last task is next: send its records and the next claim now and
+                # read the replies after running it, so Redis works while the task runs.
+                self._send_ahead(local)
             return True
         stored = False
         try:
@@ -731,12 +826,14 @@ class Worker:
         assert self._processors is not None
         while time.monotonic() < deadline:
             self.loop_beat = time.monotonic()
+            self._land_stale(older_than=STEER_EVERY)
             self._flush_deferred(older_than=STEER_EVERY)
             with self._cond:
                 # Wait for the processors too: they run what they claimed ahead.
                 if not (self._running or self._ahead or self._processors.active):
                     break
                 self._cond.wait(timeout=min(0.05, max(0.0, deadline - time.monotonic())))
+        self._land_stale(older_than=0.0)
         self._flush_deferred()
         with self._cond:
             left = list(self._running.values())
