@@ -381,6 +381,8 @@ class Store:
     def receive(self, sent: Sent) -> list[Any]:
         """Read the replies to a send_ahead() (NOSCRIPT calls are sent again, as run() does)."""
         conn = sent.conn
+        if not getattr(conn, "conveyor_unread", False):  # closed when its thread gave it back
+            raise RedisUnavailable("the replies sent ahead were dropped with their connection")
         try:
             replies = self._complete(conn, sent.calls, self._read(conn, len(sent.calls)))
         except (RedisError, OSError) as exc:

@@ -400,8 +400,9 @@ class Worker:
         while self._idle_until_woken(local):
             while True:
                 # Tasks claimed ahead were claimed before any stop: they are in flight, so
-                # they run (within the shutdown timeout) like the one before them.
-                claimed = self._take_ahead()
+                # they run (within the shutdown timeout) like the one before them; but not
+                # on a thread retired for overrunning (its replacement runs them).
+                claimed = None if self._retired() else self._take_ahead()
                 if claimed is None:
                     if local.park or not self._accepting():
                         break
