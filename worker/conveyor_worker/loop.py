@@ -68,6 +68,7 @@ class InFlight:
     sent: Sent
     deferred: list[Deferred]
     claims: int
+    queues: list[str]  # as when sent: the claim's reply names queues by index
     since: float = field(default_factory=time.monotonic)
     landed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -460,47 +461,57 @@ class Worker:
         Claimed tasks join _ahead; the replies to calls are returned. Reserved claims are
         given back whatever happens; deferred records go back to wait on an error.
         """
-        with self._cond:
-            deferred, self._unrecorded = self._unrecorded, []
-        sent = [self._verdict_call(d.attempt, d.verdict) for d in deferred]
-        sent += calls
-        if claims:
-            sent.append(self.store.claim_call(self._queues, self.worker_id, self.lease_ms, claims))
+        queues = self._queues  # the claim's reply names queues by their index in this list
+        deferred, sent = self._round_trip(calls, claims, queues)
         try:
             replies = self.store.run(sent) if sent else []
         except BaseException:
-            self._unreserve(claims)
-            with self._cond:
-                self._unrecorded[:0] = deferred
+            self._undo_round_trip(deferred, claims)
             raise
+        self._absorb(replies, deferred, claims, queues)
+        return replies[len(deferred) : len(deferred) + len(calls)]
+
+    def _round_trip(
+        self, calls: list[ScriptCall], claims: int, queues: list[str]
+    ) -> tuple[list[Deferred], list[ScriptCall]]:
+        """Take the deferred records; return them and the calls to send: theirs, calls, a claim."""
+        with self._cond:
+            deferred, self._unrecorded = self._unrecorded, []
+        sent = [self._verdict_call(d.attempt, d.verdict) for d in deferred] + calls
         if claims:
-            found, self._waiting = self.store.parse_claimed(replies[-1], self._queues)
+            sent.append(self.store.claim_call(queues, self.worker_id, self.lease_ms, claims))
+        return deferred, sent
+
+    def _undo_round_trip(self, deferred: list[Deferred], claims: int) -> None:
+        """After a failed round trip: give the claims back; the records wait for the next one."""
+        self._unreserve(claims)
+        with self._cond:
+            self._unrecorded[:0] = deferred
+
+    def _absorb(self, replies: list[Any], deferred: list[Deferred], claims: int, queues: list[str]) -> None:
+        """Take in a round trip's replies: claimed tasks join _ahead, deferred records are done."""
+        if claims:
+            found, self._waiting = self.store.parse_claimed(replies[-1], queues)
             self._unreserve(claims - len(found))
             now = time.monotonic()
             self._ahead.extend((c, now) for c in found)
         for d, reply in zip(deferred, replies, strict=False):
             self._recorded(d.attempt, d.verdict, bool(reply), d.then)
-        return replies[len(deferred) : len(deferred) + len(calls)]
 
     def _send_ahead(self, local: threading.local) -> None:
         """Send the deferred records and the next claim without waiting (see _land)."""
-        if not self._queues:
+        queues = self._queues
+        if not queues:
             return
         claims = self._reserve(self._batch())
         local.seen = self._announced
-        with self._cond:
-            deferred, self._unrecorded = self._unrecorded, []
-        calls = [self._verdict_call(d.attempt, d.verdict) for d in deferred]
-        if claims:
-            calls.append(self.store.claim_call(self._queues, self.worker_id, self.lease_ms, claims))
+        deferred, calls = self._round_trip([], claims, queues)
         try:
             sent = self.store.send_ahead(calls)
         except ConveyorError:  # they go again with the next round trip (or the main thread's)
-            self._unreserve(claims)
-            with self._cond:
-                self._unrecorded[:0] = deferred
+            self._undo_round_trip(deferred, claims)
             return
-        flight = InFlight(sent=sent, deferred=deferred, claims=claims)
+        flight = InFlight(sent=sent, deferred=deferred, claims=claims, queues=queues)
         local.flight = flight
         with self._cond:
             self._in_flight[threading.get_ident()] = flight
@@ -525,22 +536,14 @@ class Worker:
             except ConveyorError as exc:
                 # The records go again (fenced by owner); claimed tasks, if any, come back
                 # when their leases expire.
-                self._unreserve(flight.claims)
-                with self._cond:
-                    self._unrecorded[:0] = flight.deferred
+                self._undo_round_trip(flight.deferred, flight.claims)
                 logger.warning(
                     "could not read a round trip: %s",
                     exc,
                     extra={"event": "record_failed", "worker_id": self.worker_id},
                 )
                 return
-        if flight.claims:
-            found, self._waiting = self.store.parse_claimed(replies[-1], self._queues)
-            self._unreserve(flight.claims - len(found))
-            now = time.monotonic()
-            self._ahead.extend((c, now) for c in found)
-        for d, reply in zip(flight.deferred, replies, strict=False):
-            self._recorded(d.attempt, d.verdict, bool(reply), d.then)
+        self._absorb(replies, flight.deferred, flight.claims, flight.queues)
 
     def _land_stale(self, older_than: float) -> None:
         """Read round trips whose processor has not come back for them (a long last task)."""
