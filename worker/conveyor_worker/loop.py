@@ -87,11 +87,14 @@ class Worker:
     """Claim tasks from Redis, run them, record outcomes, and never lose one.
 
     Each of the --concurrency processor threads claims its own task, runs it and
-    records the outcome together with the claim of its next task in one round trip,
-    so a busy worker spends one Redis round trip per task. The main thread blocks on
-    the queues' wake lists to rouse an idle processor, paces how many cycle at once
-    (see STEER_EVERY), and promotes and reclaims. A watchdog thread renews leases and
-    stops sync tasks that overrun.
+    records the outcome together with the claim of its next task in one round trip.
+    While a backlog waits, that claim takes one task more per idle processor (see
+    _batch), and their successes ride on the next round trip, which is sent before
+    the batch's last task runs; so a busy worker spends one round trip per batch.
+    The main thread blocks on the queues' wake lists to rouse an idle processor,
+    paces how many cycle at once (see STEER_EVERY), takes over what a processor
+    held up in a long task has waiting, and promotes and reclaims. A watchdog
+    thread renews leases and stops sync tasks that overrun.
     """
 
     def __init__(
