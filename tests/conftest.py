@@ -91,7 +91,7 @@ def tasks_setting(url: str, prefix: str, **options: object) -> dict[str, object]
         "default": {
             "BACKEND": "conveyor.RedisBackend",
             "QUEUES": [],
-            "OPTIONS": {"URL": url, "KEY_PREFIX": prefix, **options},
+            "OPTIONS": {"URL": url, "KEY_PREFIX": prefix, "ALLOWED_TASK_MODULES": ["tests"], **options},
         }
     }
 

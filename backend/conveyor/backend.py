@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 from dataclasses import dataclass, replace
@@ -18,13 +19,30 @@ from django.tasks.signals import task_enqueued
 from django.utils.module_loading import import_string
 
 from . import codec
-from .exceptions import ConveyorError, CorruptRecord, RedisUnavailable
+from .exceptions import ConveyorError, CorruptRecord, RedisUnavailable, UnknownTaskPath
 from .keys import Keys
 from .options import parse_options
 from .store import Store
 
 # Ids are 32 URL-safe characters from secrets; anything else cannot be one of ours.
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Key names hold any queue name safely (see keys.py); these limits keep names usable: the
+# worker's --queues splits on commas and strips blanks, and logs and metrics carry names.
+QUEUE_NAME_MAX = 1024
+_BAD_QUEUE_CHAR_RE = re.compile(r"[,\x00-\x1f\x7f]")
+
+
+def queue_name_problem(name: object) -> str | None:
+    """Return why a queue name cannot be used, or None when it can."""
+    if not isinstance(name, str) or not name:
+        return "a queue name must be a non-empty string"
+    if len(name) > QUEUE_NAME_MAX:
+        return f"queue name is {len(name)} characters long; at most {QUEUE_NAME_MAX} are allowed"
+    if name != name.strip():
+        return f"queue name {name!r} starts or ends with white space"
+    if _BAD_QUEUE_CHAR_RE.search(name):
+        return f"queue name {name!r} holds a comma or a control character"
+    return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,8 +78,11 @@ class RedisBackend(BaseTaskBackend):
     # -- validation --------------------------------------------------------------
 
     def validate_task(self, task: Task) -> None:
-        """Validate like Django does, plus conveyor's per-task options."""
+        """Validate like Django does, plus conveyor's queue names and per-task options."""
         super().validate_task(task)
+        problem = queue_name_problem(task.queue_name)
+        if problem:
+            raise InvalidTask(f"{problem}.")
         if isinstance(task, ConveyorTask):
             if (
                 isinstance(task.max_attempts, bool)
@@ -89,6 +110,8 @@ class RedisBackend(BaseTaskBackend):
         """Validate and encode; nothing is written and no signal sent if this raises."""
         self._require_valid_options()
         self.validate_task(task)
+        # TaskResult normalises args and kwargs recursively; measure their depth first.
+        codec.check_nesting(args, kwargs, self.settings.max_nesting)
         enqueued_at = datetime.now(UTC)
         result = TaskResult(
             task=task,
@@ -105,7 +128,10 @@ class RedisBackend(BaseTaskBackend):
             worker_ids=[],
         )
         args_json, kwargs_json = codec.encode_payload(
-            result.args, result.kwargs, self.settings.max_payload_bytes
+            result.args,
+            result.kwargs,
+            self.settings.max_payload_bytes,
+            max_nesting=self.settings.max_nesting,
         )
         fields = codec.new_record(
             task_path=task.module_path,
@@ -155,13 +181,55 @@ class RedisBackend(BaseTaskBackend):
             record = codec.decode(result_id, fields)
         except CorruptRecord as exc:
             raise TaskResultDoesNotExist(f"{result_id}: unreadable record ({exc})") from exc
-        return codec.to_task_result(record, self.resolve_task(record))
+        if not self.task_path_allowed(record.task_path):
+            raise TaskResultDoesNotExist(
+                f"{result_id}: task path {record.task_path!r} is not under an allowed module "
+                f"({', '.join(self.allowed_task_modules())}); nothing was imported"
+            )
+        try:
+            return codec.to_task_result(record, self.resolve_task(record))
+        except TaskResultDoesNotExist:
+            raise
+        except Exception as exc:  # a stored record must never turn into a 500 deep inside Django
+            raise TaskResultDoesNotExist(f"{result_id}: the stored record is not usable ({exc!r})") from exc
+
+    def allowed_task_modules(self) -> tuple[str, ...]:
+        """Return the module prefixes a stored task path may name (default: the project's apps)."""
+        if self.settings.allowed_task_modules:
+            return self.settings.allowed_task_modules
+        from django.apps import apps
+
+        return tuple(cfg.name for cfg in apps.get_app_configs() if not cfg.name.startswith("django."))
+
+    def project_name(self) -> str:
+        """Return the name this project claims its KEY_PREFIX with: PROJECT, else the settings package."""
+        if self.settings.project:
+            return self.settings.project
+        from django.conf import settings
+
+        module = (
+            getattr(settings, "SETTINGS_MODULE", None)
+            or os.environ.get("DJANGO_SETTINGS_MODULE")
+            or "unnamed"
+        )
+        return str(module).split(".", 1)[0]
+
+    def task_path_allowed(self, path: str) -> bool:
+        """Tell whether a task path falls under an allowed module prefix (nothing is imported)."""
+        return any(path == m or path.startswith(m + ".") for m in self.allowed_task_modules())
 
     def resolve_task(self, record: codec.TaskRecord) -> Task:
-        """Return the Task a record names, with the priority, queue and run_after it was sent with."""
+        """Return the Task a record names, with the priority, queue and run_after it was sent with.
+
+        Check task_path_allowed() first: this imports the module the record names.
+        """
         try:
             task = import_string(record.task_path)
-        except (ImportError, ValueError) as exc:
+        except ImportError as exc:  # no such module or attribute here (perhaps not deployed yet)
+            raise UnknownTaskPath(
+                f"{record.id}: task {record.task_path!r} cannot be imported ({exc})"
+            ) from exc
+        except ValueError as exc:
             raise TaskResultDoesNotExist(
                 f"{record.id}: task {record.task_path!r} cannot be imported ({exc})"
             ) from exc
@@ -217,6 +285,19 @@ class RedisBackend(BaseTaskBackend):
             return errors
         try:
             self.store.ping()
+            owner = self.store.project_owner()
+            if owner is not None and owner != self.project_name():
+                errors.append(
+                    checks.Error(
+                        f"TASKS[{self.alias!r}]: KEY_PREFIX {self.settings.key_prefix!r} on this Redis "
+                        f"belongs to project {owner!r}, not {self.project_name()!r}; the two would "
+                        "run and fail each other's tasks.",
+                        hint="Give each project its own KEY_PREFIX (or Redis database). If this is "
+                        "the same project under a new name, set OPTIONS PROJECT to the name above.",
+                        obj=self,
+                        id="conveyor.E004",
+                    )
+                )
         except RedisUnavailable as exc:
             errors.append(
                 checks.Error(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from django.tasks.exceptions import TaskResultDoesNotExist
+
 
 class ConveyorError(Exception):
     """Base class of every conveyor error."""
@@ -19,17 +21,21 @@ class CorruptRecord(ConveyorError):
     """A task record read from Redis cannot be decoded."""
 
 
-class LeaseLost(ConveyorError):
-    """The worker no longer holds the lease on a task it was running."""
-
-
 class WorkerLost(ConveyorError):
     """The worker running a task stopped renewing its lease (killed, OOM, node lost)."""
 
 
-class TaskTimeout(ConveyorError):
+class TaskTimeout(ConveyorError, TimeoutError):
     """A task ran longer than its timeout."""
 
 
 class RejectedTask(ConveyorError):
     """A task record was refused before anything ran (bad payload, path not allowed)."""
+
+
+class UnknownTaskPath(ConveyorError, TaskResultDoesNotExist):
+    """A stored task path names a module or attribute that cannot be imported here."""
+
+
+class ProjectMismatch(ConveyorError):
+    """Another project already uses this Redis under the same KEY_PREFIX."""

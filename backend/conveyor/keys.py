@@ -7,6 +7,12 @@ from dataclasses import dataclass, field
 # Redis Cluster hashes only the part between the first "{" and "}" of a key, so
 # wrapping the prefix in braces puts every key of one backend in one slot and the
 # scripts can touch several of them without CROSSSLOT errors.
+#
+# A queue's keys are "{prefix}:<kind>:<queue name>": the kind comes first and the
+# name runs to the end of the key. No kind word is a prefix of another and each is
+# followed by ":", so two different (kind, queue) pairs never build the same key,
+# whatever characters a queue name holds (":", braces, unicode, any length); the
+# fixed keys (queues, seq, project, ...) hold no second ":" after the tag.
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,19 +40,19 @@ class Keys:
 
     def ready_since(self, queue: str) -> str:
         """Return the sorted set of a queue's ready task ids scored by when they became ready."""
-        return f"{self.tag}:queue:{queue}:since"
+        return f"{self.tag}:since:{queue}"
 
     def scheduled(self, queue: str) -> str:
         """Return the sorted set of a queue's waiting task ids scored by due time."""
-        return f"{self.tag}:queue:{queue}:scheduled"
+        return f"{self.tag}:scheduled:{queue}"
 
     def running(self, queue: str) -> str:
         """Return the sorted set of a queue's claimed task ids scored by lease deadline."""
-        return f"{self.tag}:queue:{queue}:running"
+        return f"{self.tag}:running:{queue}"
 
     def wake(self, queue: str) -> str:
         """Return the list idle workers block on to hear about new work in a queue."""
-        return f"{self.tag}:queue:{queue}:wake"
+        return f"{self.tag}:wake:{queue}"
 
     @property
     def queues(self) -> str:
@@ -58,7 +64,16 @@ class Keys:
         """Return the counter that orders tasks of equal priority."""
         return f"{self.tag}:seq"
 
+    def claim_memo(self, claim_id: str) -> str:
+        """Return the key where one claim call notes what it claimed, so a replay finds it."""
+        return f"{self.tag}:claim:{claim_id}"
+
     @property
-    def workers(self) -> str:
-        """Return the sorted set of live worker ids scored by last heartbeat."""
-        return f"{self.tag}:workers"
+    def reclaim_state(self) -> str:
+        """Return the hash that tells reclaim when it last ran and whether it holds off after an outage."""
+        return f"{self.tag}:reclaim"
+
+    @property
+    def project(self) -> str:
+        """Return the key naming the project that owns this prefix (two projects must not share one)."""
+        return f"{self.tag}:project"

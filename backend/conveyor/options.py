@@ -11,6 +11,10 @@ from urllib.parse import urlsplit
 from redis.connection import parse_url
 
 DEFAULT_URL = "redis://localhost:6379/0"
+DEFAULT_MAX_NESTING = 64
+# Reading a value recurses once per level (json, normalize_json), so no MAX_NESTING may go
+# beyond what a worker thread recurses through safely; the codec refuses deeper records.
+MAX_NESTING_CEILING = 256
 SSL_CERT_REQS = ("required", "optional", "none")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
@@ -47,7 +51,10 @@ class Options:
     socket_timeout: float = 5.0
     max_connections: int = 50
     max_payload_bytes: int = 1_048_576
+    max_nesting: int = DEFAULT_MAX_NESTING
     enqueue_on_commit: bool = False
+    allowed_task_modules: tuple[str, ...] = ()  # () = the project's INSTALLED_APPS, less Django's own
+    project: str | None = None  # None = the top package of the settings module
 
     def connection_kwargs(self) -> dict[str, Any]:
         """Return keyword arguments for redis-py's connection pool (URL passed separately)."""
@@ -111,8 +118,16 @@ _SPEC: dict[str, tuple[tuple[type, ...], str]] = {
     "SOCKET_TIMEOUT": ((int, float), "seconds > 0"),
     "MAX_CONNECTIONS": ((int,), "a pool size >= 1"),
     "MAX_PAYLOAD_BYTES": ((int,), "bytes > 0 allowed for a task's encoded arguments"),
+    "MAX_NESTING": (
+        (int,),
+        f"levels of lists and dicts, between 1 and {MAX_NESTING_CEILING}, allowed in a task's "
+        "arguments and return value",
+    ),
     "ENQUEUE_ON_COMMIT": ((bool,), "True or False"),
+    "ALLOWED_TASK_MODULES": ((list, tuple), "a list of module paths task paths must fall under"),
+    "PROJECT": ((str,), "1-200 printable characters naming the project that owns KEY_PREFIX"),
 }
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _CONNECTION_PARTS = ("HOST", "PORT", "DB", "USERNAME", "PASSWORD")
 
 
@@ -123,6 +138,8 @@ def _bad_value(name: str, value: Any) -> str | None:
         return f"{name} must be a finite number greater than 0, not {value!r}."
     if name in {"MAX_CONNECTIONS", "MAX_PAYLOAD_BYTES"} and value < 1:
         return f"{name} must be at least 1, not {value!r}."
+    if name == "MAX_NESTING" and not 1 <= value <= MAX_NESTING_CEILING:
+        return f"MAX_NESTING must be between 1 and {MAX_NESTING_CEILING}, not {value!r}."
     if name == "PORT" and not 1 <= value <= 65535:
         return f"PORT must be between 1 and 65535, not {value!r}."
     if name == "DB" and value < 0:
@@ -133,6 +150,12 @@ def _bad_value(name: str, value: Any) -> str | None:
         return f"KEY_PREFIX {value!r} has characters that cannot be used in a key prefix."
     if name == "URL":
         return _bad_url(value)
+    if name == "ALLOWED_TASK_MODULES" and (
+        not value or not all(isinstance(m, str) and _MODULE_RE.match(m) for m in value)
+    ):
+        return f"ALLOWED_TASK_MODULES must be a non-empty list of module paths, not {value!r}."
+    if name == "PROJECT" and not (0 < len(value) <= 200 and value.isprintable()):
+        return f"PROJECT must be 1-200 printable characters, not {value!r}."
     return None
 
 
@@ -208,4 +231,6 @@ def parse_options(raw: Any) -> tuple[Options, list[Problem]]:
         )
     if "url" not in values and not any(part in raw for part in _CONNECTION_PARTS) and "URL" not in raw:
         values["url"] = DEFAULT_URL
+    if "allowed_task_modules" in values:
+        values["allowed_task_modules"] = tuple(values["allowed_task_modules"])
     return Options(**values), problems

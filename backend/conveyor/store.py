@@ -33,7 +33,7 @@ try:
 except ImportError:  # hiredis is an optional extra
     pack_command = None
 
-SCRIPT_NAMES = ("enqueue", "claim", "finish", "retry", "renew", "release", "reclaim", "promote")
+SCRIPT_NAMES = ("enqueue", "claim", "finish", "retry", "renew", "release", "reclaim", "promote", "postpone")
 # Idle workers block on a per-queue list; enqueue pushes one token and trims the list
 # so tokens from a busy period cannot pile up.
 WAKE_CAP = 256
@@ -51,9 +51,16 @@ class QueueStats:
 
     queue: str
     ready: int
-    scheduled: int
+    scheduled: int  # every waiting task, due or not
+    due: int  # scheduled tasks whose due time has passed; only a worker promotes them to ready
     running: int
     oldest_ready_ms: int | None  # when the oldest ready task became ready (server ms)
+    read_at_ms: int  # the server clock the counts were read by
+
+    @property
+    def work(self) -> int:
+        """Return the tasks that want a worker slot now: ready, due and running."""
+        return self.ready + self.due + self.running
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,6 +87,26 @@ class Claimed:
     task_id: str
     queue: str
     fields: dict[bytes, bytes]
+
+    @property
+    def token(self) -> str:
+        """Return this delivery's fencing token ("<worker id>#<fence>"), checked by every later call."""
+        return self.fields[b"owner"].decode()
+
+    @property
+    def lost_worker(self) -> bool:
+        """Tell whether an earlier delivery of this task lost its worker (it then runs alone)."""
+        lost = self.fields.get(b"lost")
+        return bool(lost) and lost != b"0"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reclaimed:
+    """What a reclaim call did: tasks requeued and failed, or how long it holds off after an outage."""
+
+    requeued: int
+    failed: int
+    held_ms: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -258,9 +285,15 @@ class Store:
         with self._boundary():
             return {q.decode() for q in self.client.smembers(self.keys.queues)}  # type: ignore[union-attr]
 
-    def claim_call(self, queues: Sequence[str], worker_id: str, lease_ms: int, count: int) -> ScriptCall:
-        """Return the script call that claims up to count tasks (see claim())."""
-        keys = [self.keys.task_prefix]
+    def claim_call(
+        self, queues: Sequence[str], worker_id: str, lease_ms: int, count: int, claim_id: str
+    ) -> ScriptCall:
+        """Return the script call that claims up to count tasks (see claim()).
+
+        claim_id names this call, unique per worker: the same call sent again (its reply
+        was lost) returns what the first one claimed instead of claiming more.
+        """
+        keys = [self.keys.task_prefix, self.keys.claim_memo(claim_id)]
         for queue in queues:
             keys += (self.keys.ready(queue), self.keys.ready_since(queue), self.keys.running(queue))
         return ScriptCall(name="claim", keys=keys, args=[worker_id, lease_ms, count])
@@ -275,46 +308,55 @@ class Store:
             claimed.append(Claimed(task_id=flat[i].decode(), queue=queues[int(flat[i + 1])], fields=fields))
         return claimed, int(flat[-1])
 
-    def claim(self, queues: Sequence[str], worker_id: str, lease_ms: int, count: int) -> list[Claimed]:
+    def claim(
+        self, queues: Sequence[str], worker_id: str, lease_ms: int, count: int, claim_id: str | None = None
+    ) -> list[Claimed]:
         """Claim up to count ready tasks, best first across queues, under a lease."""
         if not queues or count < 1:
             return []
-        (flat,) = self.run([self.claim_call(queues, worker_id, lease_ms, count)])
+        call = self.claim_call(queues, worker_id, lease_ms, count, claim_id or os.urandom(8).hex())
+        (flat,) = self.run([call])
         return self.parse_claimed(flat, queues)[0]
 
     def finish_call(
-        self, task_id: str, queue: str, worker_id: str, status: str, ttl: int, fields: dict[str, str]
+        self, task_id: str, queue: str, token: str, status: str, ttl: int, fields: dict[str, str]
     ) -> ScriptCall:
         """Return the script call that records a final state (see finish())."""
-        args: list[Any] = [task_id, worker_id, status, ttl]
+        args: list[Any] = [task_id, token, status, ttl]
         for name, value in fields.items():
             args += (name, value)
         return ScriptCall(name="finish", keys=[self.keys.task(task_id), self.keys.running(queue)], args=args)
 
     def finish(
-        self, task_id: str, queue: str, worker_id: str, status: str, ttl: int, fields: dict[str, str]
+        self, task_id: str, queue: str, token: str, status: str, ttl: int, fields: dict[str, str]
     ) -> bool:
-        """Record a final state if the lease is still ours; False when it was lost."""
-        (stored,) = self.run([self.finish_call(task_id, queue, worker_id, status, ttl, fields)])
+        """Record a final state if this delivery still holds the lease; False when it was lost."""
+        (stored,) = self.run([self.finish_call(task_id, queue, token, status, ttl, fields)])
         return bool(stored)
 
     def retry_call(
-        self, task_id: str, queue: str, worker_id: str, backoff_ms: int, fields: dict[str, str]
+        self, task_id: str, queue: str, token: str, backoff_ms: int, fields: dict[str, str]
     ) -> ScriptCall:
         """Return the script call that schedules another attempt (see retry())."""
         k = self.keys
-        args: list[Any] = [task_id, worker_id, backoff_ms, WAKE_CAP]
+        args: list[Any] = [task_id, token, backoff_ms, WAKE_CAP]
         for name, value in fields.items():
             args += (name, value)
         keys = [k.task(task_id), k.running(queue), k.scheduled(queue), k.wake(queue)]
         return ScriptCall(name="retry", keys=keys, args=args)
 
     def retry(
-        self, task_id: str, queue: str, worker_id: str, backoff_ms: int, fields: dict[str, str]
+        self, task_id: str, queue: str, token: str, backoff_ms: int, fields: dict[str, str]
     ) -> int | None:
         """Schedule another attempt after a backoff; return its due time in ms, None if lost."""
-        (due,) = self.run([self.retry_call(task_id, queue, worker_id, backoff_ms, fields)])
+        (due,) = self.run([self.retry_call(task_id, queue, token, backoff_ms, fields)])
         return int(due) or None
+
+    def postpone_call(self, task_id: str, queue: str, token: str, delay_ms: int) -> ScriptCall:
+        """Return the script call that undoes a claim and makes the task due again after a delay."""
+        k = self.keys
+        keys = [k.task(task_id), k.running(queue), k.scheduled(queue), k.wake(queue)]
+        return ScriptCall(name="postpone", keys=keys, args=[task_id, token, delay_ms, WAKE_CAP])
 
     def run(self, calls: Sequence[ScriptCall]) -> list[Any]:
         """Send script calls in one round trip on a pooled connection and return their replies.
@@ -447,44 +489,52 @@ class Store:
                 replies.append(exc)
         return replies
 
-    def renew(self, leases: Sequence[tuple[str, str]], worker_id: str, lease_ms: int) -> list[bool]:
-        """Renew the leases of (task id, queue) pairs in one round trip; True where still ours."""
+    def renew(self, leases: Sequence[tuple[str, str, str]], lease_ms: int) -> list[bool]:
+        """Renew the leases of (task id, queue, token) triples in one round trip; True where still ours."""
         if not leases:
             return []
         script = self.script("renew")
         with self._boundary():
             pipe = self.client.pipeline(transaction=False)
-            for task_id, queue in leases:
+            for task_id, queue, token in leases:
                 keys = [self.keys.task(task_id), self.keys.running(queue)]
-                script(keys=keys, args=[task_id, worker_id, lease_ms], client=pipe)
+                script(keys=keys, args=[task_id, token, lease_ms], client=pipe)
             return [bool(r) for r in pipe.execute()]
 
-    def release(self, task_id: str, queue: str, worker_id: str, *, started: bool = True) -> bool:
+    def release(self, task_id: str, queue: str, token: str, *, started: bool = True) -> bool:
         """Give an unfinished task back to its queue; False when the lease was already lost.
 
         started=False undoes the claim of a task that never ran (this worker leaves worker_ids).
         """
         k = self.keys
         keys = [k.task(task_id), k.running(queue), k.ready(queue), k.ready_since(queue), k.wake(queue)]
-        args = [task_id, worker_id, WAKE_CAP, "1" if started else "0"]
+        args = [task_id, token, WAKE_CAP, "1" if started else "0"]
         with self._boundary():
             return bool(self.script("release")(keys=keys, args=args))
 
     def reclaim(
-        self, queues: Sequence[str], *, limit: int, max_deliveries: int, failed_ttl: int
-    ) -> tuple[int, int]:
-        """Requeue (or fail, past max_deliveries) tasks whose lease expired; return both counts."""
-        if not queues:
-            return (0, 0)
+        self,
+        queues: Sequence[str],
+        *,
+        limit: int,
+        max_deliveries: int,
+        failed_ttl: int,
+        lease_ms: int,
+        outage_ms: int,
+    ) -> Reclaimed:
+        """Requeue (or fail, past max_deliveries) tasks whose lease expired.
+
+        A gap of more than outage_ms since any worker last reclaimed is taken for an
+        outage: then nothing is reclaimed for lease_ms, so live owners renew first.
+        """
         k = self.keys
-        keys = [k.task_prefix]
+        keys = [k.task_prefix, k.reclaim_state]
         for q in queues:
             keys += (k.running(q), k.ready(q), k.ready_since(q), k.wake(q))
+        args = [limit, max_deliveries, failed_ttl, WAKE_CAP, lease_ms, outage_ms]
         with self._boundary():
-            requeued, failed = self.script("reclaim")(
-                keys=keys, args=[limit, max_deliveries, failed_ttl, WAKE_CAP]
-            )
-        return int(requeued), int(failed)
+            requeued, failed, held = self.script("reclaim")(keys=keys, args=args)
+        return Reclaimed(requeued=int(requeued), failed=int(failed), held_ms=int(held))
 
     def promote(self, queues: Sequence[str], *, limit: int) -> Promotion:
         """Make due scheduled tasks ready; report the next due time by the server clock."""
@@ -510,29 +560,49 @@ class Store:
             return self.client.blpop(keys, timeout=max(timeout, 0.001)) is not None
 
     def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
-        """Read per-queue counts with four commands per queue in one round trip."""
+        """Read per-queue counts by the server clock: TIME, then five commands per queue in one trip."""
         k = self.keys
         with self._boundary():
+            seconds, micros = self.client.time()
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
             pipe = self.client.pipeline(transaction=False)
             for q in queues:
                 pipe.zcard(k.ready(q))
                 pipe.zcard(k.scheduled(q))
+                pipe.zcount(k.scheduled(q), "-inf", now_ms)  # due as promote sees it: score <= now
                 pipe.zcard(k.running(q))
                 pipe.zrange(k.ready_since(q), 0, 0, withscores=True)
-            replies = pipe.execute()
+            replies = pipe.execute() if queues else []
         stats = []
         for i, q in enumerate(queues):
-            ready, scheduled, running, oldest = replies[4 * i : 4 * i + 4]
+            ready, scheduled, due, running, oldest = replies[5 * i : 5 * i + 5]
             stats.append(
                 QueueStats(
                     queue=q,
                     ready=int(ready),
                     scheduled=int(scheduled),
+                    due=int(due),
                     running=int(running),
                     oldest_ready_ms=int(oldest[0][1]) if oldest else None,
+                    read_at_ms=now_ms,
                 )
             )
         return stats
+
+    def claim_project(self, project: str) -> str:
+        """Name project as the owner of this prefix unless one already is; return the owner."""
+        with self._boundary():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.set(self.keys.project, project, nx=True)
+            pipe.get(self.keys.project)
+            _, owner = pipe.execute()
+        return bytes(owner).decode(errors="replace")
+
+    def project_owner(self) -> str | None:
+        """Return the project that owns this prefix, or None when none has claimed it yet."""
+        with self._boundary():
+            owner = self.client.get(self.keys.project)
+        return None if owner is None else bytes(owner).decode(errors="replace")  # type: ignore[arg-type]
 
     def server_time_ms(self) -> int:
         """Return the Redis server's clock in ms."""

@@ -23,7 +23,7 @@ def make_backend(redis_url: str, prefix: str) -> Iterator[BackendFactory]:
     built: list[RedisBackend] = []
 
     def make(*, alias: str = "default", queues: tuple[str, ...] = (), **options: Any) -> RedisBackend:
-        merged = {"URL": redis_url, "KEY_PREFIX": prefix, **options}
+        merged = {"URL": redis_url, "KEY_PREFIX": prefix, "ALLOWED_TASK_MODULES": ["tests"], **options}
         built.append(RedisBackend(alias, {"QUEUES": list(queues), "OPTIONS": merged}))
         return built[-1]
 
@@ -42,7 +42,7 @@ def configure_tasks(redis_url: str, prefix: str) -> Callable[..., override_setti
         entry = {
             "BACKEND": "conveyor.RedisBackend",
             "QUEUES": list(queues),
-            "OPTIONS": {"URL": redis_url, "KEY_PREFIX": prefix, **options},
+            "OPTIONS": {"URL": redis_url, "KEY_PREFIX": prefix, "ALLOWED_TASK_MODULES": ["tests"], **options},
         }
         return override_settings(TASKS={alias: entry for alias in aliases})
 

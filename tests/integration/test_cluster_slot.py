@@ -68,7 +68,7 @@ def test_every_written_key_is_in_one_slot(cluster_backend: RedisBackend) -> None
     backend.enqueue(tasks.noop_task.using(queue_name="emails"), (), {})
     backend.enqueue(tasks.noop_task.using(run_after=datetime.now(UTC) + timedelta(hours=1)), (), {})
     k = backend.keys
-    names = [k.task("some-id"), k.queues, k.seq, k.workers]
+    names = [k.task("some-id"), k.queues, k.seq, k.reclaim_state, k.project, k.claim_memo("w:1")]
     for queue in ("default", "emails", "{odd}"):
         names += [k.ready(queue), k.ready_since(queue), k.scheduled(queue), k.running(queue), k.wake(queue)]
     written = [key.decode() for key in backend.store.call(lambda c: list(c.scan_iter(match=k.tag + "*")))]
@@ -90,15 +90,17 @@ def test_the_whole_lifecycle_runs_on_a_cluster_node(cluster_backend: RedisBacken
 
     [first] = store.claim(["default", "other"], "worker-a", 60_000, 1)
     assert first.task_id == done.id
-    assert store.renew([(done.id, "default")], "worker-a", 60_000) == [True]
-    assert store.finish(done.id, "default", "worker-a", "SUCCESSFUL", 60, {"result": "42"})
+    assert store.renew([(done.id, "default", first.token)], 60_000) == [True]
+    assert store.finish(done.id, "default", first.token, "SUCCESSFUL", 60, {"result": "42"})
     [second] = store.claim(["default", "other"], "worker-a", 0, 1)
     assert second.task_id == lost.id
-    assert store.reclaim(["default", "other"], limit=10, max_deliveries=5, failed_ttl=60) == (1, 0)
+    # (a lease of 0: the hold after a first reclaim, or an outage, ends at once)
+    reclaim = dict(limit=10, max_deliveries=5, failed_ttl=60, lease_ms=0, outage_ms=60_000)
+    assert store.reclaim(["default", "other"], **reclaim).requeued == 1
     [again] = store.claim(["other"], "worker-b", 60_000, 1)
-    assert store.release(again.task_id, "other", "worker-b")
+    assert store.release(again.task_id, "other", again.token)
     [third] = store.claim(["other"], "worker-b", 60_000, 1)
-    assert store.retry(third.task_id, "other", "worker-b", 0, {}) is not None
+    assert store.retry(third.task_id, "other", third.token, 0, {}) is not None
     # The scheduled task falls due (its score moved to the past); the retried one is due at once.
     scheduled = backend.keys.scheduled("default")
     store.call(lambda c: c.zadd(scheduled, {later.id: store.server_time_ms() - 1_000}, xx=True))

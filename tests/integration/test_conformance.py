@@ -65,7 +65,11 @@ def test_using_correct_backend(redis_url: str, prefix: str) -> None:
     assert default_task_backend == task_backends["default"]
     assert isinstance(task_backends["default"], RedisBackend)
     assert default_task_backend.alias == "default"
-    assert default_task_backend.options == {"URL": redis_url, "KEY_PREFIX": prefix}
+    assert default_task_backend.options == {
+        "URL": redis_url,
+        "KEY_PREFIX": prefix,
+        "ALLOWED_TASK_MODULES": ["tests"],
+    }
 
 
 def test_capability_flags_are_all_true() -> None:
@@ -344,7 +348,7 @@ def test_refresh_result_sees_worker_changes(use_async: bool) -> None:
     # Given a worker that claimed the task and recorded 42 as its return value
     [claimed] = store.claim(["default"], "worker-1", 60_000, 1)
     assert claimed.task_id == result.id
-    assert store.finish(result.id, "default", "worker-1", "SUCCESSFUL", 60, {"result": "42"})
+    assert store.finish(result.id, "default", claimed.token, "SUCCESSFUL", 60, {"result": "42"})
 
     assert result.status == TaskResultStatus.READY
     if use_async:

@@ -22,7 +22,9 @@ def test_claim_and_finish_through_either_packer(
 
     claimed = store.claim(["default"], "w1", 10_000, 5)
     assert [c.task_id for c in claimed] == [result.id]
-    stored = store.finish(result.id, "default", "w1", "SUCCESSFUL", 60, {"finished_at": "1", "result": "7"})
+    stored = store.finish(
+        result.id, "default", claimed[0].token, "SUCCESSFUL", 60, {"finished_at": "1", "result": "7"}
+    )
 
     assert stored is True
     assert backend.get_result(result.id).return_value == 7  # type: ignore[attr-defined]
@@ -61,12 +63,12 @@ def test_replies_sent_ahead_are_read_later_from_another_thread(backend: object) 
     first, second = tasks.noop_task.enqueue(), tasks.noop_task.enqueue()
     got: list[object] = []
     with store.hold_connection():
-        sent = store.send_ahead([store.claim_call(["default"], "w1", 10_000, 2)])
+        sent = store.send_ahead([store.claim_call(["default"], "w1", 10_000, 2, "w1:1")])
         reader = threading.Thread(target=lambda: got.append(store.receive(sent)))
         reader.start()
         reader.join()
         # the held connection is free again for the next round trip
-        finished = store.finish(first.id, "default", "w1", "SUCCESSFUL", 60, {"result": "1"})
+        finished = store.finish(first.id, "default", "w1#1", "SUCCESSFUL", 60, {"result": "1"})
 
     (flat,) = got[0]  # type: ignore[misc]
     claimed, waiting = store.parse_claimed(flat, ["default"])
@@ -80,7 +82,7 @@ def test_a_connection_given_back_with_replies_unread_is_not_reused_as_is(backend
     store = backend.store  # type: ignore[attr-defined]
     tasks.noop_task.enqueue()
     with store.hold_connection():
-        store.send_ahead([store.claim_call(["default"], "w1", 10_000, 1)])  # claims it; never read
+        store.send_ahead([store.claim_call(["default"], "w1", 10_000, 1, "w1:1")])  # claims it; never read
 
     # The next round trip takes the spare connection last given back: it must read its own
     # reply (nothing left to claim), not the unread one that holds the task.

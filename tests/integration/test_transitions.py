@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -31,6 +32,25 @@ def make_due(backend: RedisBackend, task_ids: list[str], queue: str = "default")
     key = backend.keys.scheduled(queue)
     changed = backend.store.call(lambda c: c.zadd(key, dict.fromkeys(task_ids, past), xx=True, ch=True))
     assert changed == len(task_ids)
+
+
+def reclaim(
+    store: Store, queues: list[str], *, limit: int, max_deliveries: int, failed_ttl: int
+) -> tuple[int, int]:
+    """Reclaim as a worker does in steady state (another reclaim just ran: no outage hold)."""
+    state = store.keys.reclaim_state
+    now = store.server_time_ms()
+    store.call(lambda c: c.delete(state) + c.hset(state, "tick", now))
+    done = store.reclaim(
+        queues,
+        limit=limit,
+        max_deliveries=max_deliveries,
+        failed_ttl=failed_ttl,
+        lease_ms=LONG_LEASE_MS,
+        outage_ms=3_600_000,
+    )
+    assert done.held_ms == 0
+    return done.requeued, done.failed
 
 
 def field(backend: RedisBackend, task_id: str, name: str) -> str | None:
@@ -147,15 +167,17 @@ def test_claim_returns_the_record_as_stored_and_counts_each_delivery(backend: Re
     assert (first.fields[b"worker_ids"], first.fields[b"deliveries"]) == (b'["worker-a"]', b"1")
 
     # Given worker-a vanished and its lease was reclaimed (the record now has errors and an attempt)
-    assert store.reclaim(["default"], limit=100, max_deliveries=5, failed_ttl=60) == (1, 0)
+    assert reclaim(store, ["default"], limit=100, max_deliveries=5, failed_ttl=60) == (1, 0)
     # When worker-b claims it
     [second] = store.claim(["default"], "worker-b", LONG_LEASE_MS, 1)
     # Then the fields returned are the stored hash, with worker-b appended and two deliveries
     stored = store.call(lambda c: c.hgetall(keys.task(result.id)))
     assert second.fields == stored
     assert stored[b"worker_ids"] == b'["worker-a","worker-b"]'
-    assert (stored[b"deliveries"], stored[b"owner"], stored[b"status"]) == (b"2", b"worker-b", b"RUNNING")
-    assert stored[b"started_at"] == stored[b"last_attempted_at"] >= first.fields[b"started_at"]
+    assert (stored[b"deliveries"], stored[b"owner"], stored[b"status"]) == (b"2", b"worker-b#2", b"RUNNING")
+    # started_at stays the first attempt's; last_attempted_at is the latest one's
+    assert stored[b"started_at"] == first.fields[b"started_at"]
+    assert stored[b"last_attempted_at"] >= first.fields[b"started_at"]
     assert b"errors" in stored
 
 
@@ -178,8 +200,10 @@ def test_claim_reports_how_many_tasks_are_still_ready(backend: RedisBackend) -> 
     for queue in ("a", "a", "a", "c", "c"):
         tasks.noop_task.using(queue_name=queue).enqueue()
 
+    calls = itertools.count()
+
     def claim(queues: list[str], count: int) -> tuple[int, int]:
-        (flat,) = store.run([store.claim_call(queues, "worker-a", LONG_LEASE_MS, count)])
+        (flat,) = store.run([store.claim_call(queues, "worker-a", LONG_LEASE_MS, count, f"w:{next(calls)}")])
         claimed, waiting = store.parse_claimed(flat, queues)
         return len(claimed), waiting
 
@@ -205,13 +229,13 @@ def test_finish_records_success_and_starts_the_result_ttl(backend: RedisBackend)
     """Record SUCCESSFUL with the return value, leave the running set, expire within RESULT_TTL."""
     store = backend.store
     result = tasks.calculate_meaning_of_life.enqueue()
-    store.claim(["default"], "worker-a", LONG_LEASE_MS, 1)
+    [claimed] = store.claim(["default"], "worker-a", LONG_LEASE_MS, 1)
     finished_at = str(store.server_time_ms() * 1000)
 
     ok = store.finish(
         result.id,
         "default",
-        "worker-a",
+        claimed.token,
         "SUCCESSFUL",
         backend.settings.result_ttl,
         {"result": "42", "finished_at": finished_at},
@@ -232,10 +256,10 @@ def test_failed_result_expires_within_failed_result_ttl(make_backend: BackendFac
     backend = make_backend(RESULT_TTL=60, FAILED_RESULT_TTL=600)
     store = backend.store
     result = backend.enqueue(tasks.failing_task_value_error, (), {})
-    store.claim(["default"], "worker-a", LONG_LEASE_MS, 1)
+    [claimed] = store.claim(["default"], "worker-a", LONG_LEASE_MS, 1)
     errors = json.dumps([{"exception_class_path": "builtins.ValueError", "traceback": "ValueError: x\n"}])
 
-    assert store.finish(result.id, "default", "worker-a", "FAILED", 600, {"errors": errors})
+    assert store.finish(result.id, "default", claimed.token, "FAILED", 600, {"errors": errors})
 
     assert 60 < ttl(backend, result.id) <= 600
     fetched = backend.get_result(result.id)
@@ -249,11 +273,11 @@ def test_finish_with_a_wrong_worker_id_changes_nothing(backend: RedisBackend) ->
     result = tasks.noop_task.enqueue()
     store.claim(["default"], "worker-a", LONG_LEASE_MS, 1)
 
-    ok = store.finish(result.id, "default", "worker-b", "SUCCESSFUL", 60, {"result": "null"})
+    ok = store.finish(result.id, "default", "worker-b#1", "SUCCESSFUL", 60, {"result": "null"})
 
     assert ok is False
     assert field(backend, result.id, "status") == "RUNNING"
-    assert field(backend, result.id, "owner") == "worker-a"
+    assert field(backend, result.id, "owner") == "worker-a#1"
     assert zscore(backend, backend.keys.running("default"), result.id) is not None
     assert ttl(backend, result.id) == -1
 
@@ -262,7 +286,7 @@ def test_finish_of_an_unclaimed_task_is_refused(backend: RedisBackend) -> None:
     """Refuse to finish a task nobody claimed."""
     result = tasks.noop_task.enqueue()
 
-    assert backend.store.finish(result.id, "default", "worker-a", "SUCCESSFUL", 60, {}) is False
+    assert backend.store.finish(result.id, "default", "worker-a#1", "SUCCESSFUL", 60, {}) is False
     assert field(backend, result.id, "status") == "READY"
 
 
@@ -273,10 +297,10 @@ def test_renew_pushes_the_lease_deadline(backend: RedisBackend) -> None:
     """Move the lease deadline forward for the worker that holds it."""
     store = backend.store
     result = tasks.noop_task.enqueue()
-    store.claim(["default"], "worker-a", 1_000, 1)
+    [claimed] = store.claim(["default"], "worker-a", 1_000, 1)
     first = zscore(backend, backend.keys.running("default"), result.id)
 
-    assert store.renew([(result.id, "default")], "worker-a", LONG_LEASE_MS) == [True]
+    assert store.renew([(result.id, "default", claimed.token)], LONG_LEASE_MS) == [True]
 
     renewed = zscore(backend, backend.keys.running("default"), result.id)
     assert first is not None
@@ -290,26 +314,26 @@ def test_renew_after_someone_else_reclaimed_returns_false(backend: RedisBackend)
     kept = tasks.noop_task.enqueue()
     lost = tasks.noop_task.enqueue()
     # Given worker-a holds one task under a long lease and one under an already expired lease
-    store.claim(["default"], "worker-a", LONG_LEASE_MS, 1)
-    store.claim(["default"], "worker-a", 0, 1)
+    [mine] = store.claim(["default"], "worker-a", LONG_LEASE_MS, 1)
+    [stale] = store.claim(["default"], "worker-a", 0, 1)
     # When a sweeper reclaims the expired one and worker-b claims it
-    assert store.reclaim(["default"], limit=100, max_deliveries=5, failed_ttl=60) == (1, 0)
+    assert reclaim(store, ["default"], limit=100, max_deliveries=5, failed_ttl=60) == (1, 0)
     [taken] = store.claim(["default"], "worker-b", LONG_LEASE_MS, 1)
     assert taken.task_id == lost.id
 
     # Then worker-a keeps the lease it still has and loses the other
-    leases = [(kept.id, "default"), (lost.id, "default")]
-    assert store.renew(leases, "worker-a", LONG_LEASE_MS) == [True, False]
-    assert store.renew([(lost.id, "default")], "worker-b", LONG_LEASE_MS) == [True]
-    assert store.finish(lost.id, "default", "worker-a", "SUCCESSFUL", 60, {}) is False
-    assert store.release(lost.id, "default", "worker-a") is False
-    assert store.retry(lost.id, "default", "worker-a", 0, {}) is None
+    leases = [(kept.id, "default", mine.token), (lost.id, "default", stale.token)]
+    assert store.renew(leases, LONG_LEASE_MS) == [True, False]
+    assert store.renew([(lost.id, "default", taken.token)], LONG_LEASE_MS) == [True]
+    assert store.finish(lost.id, "default", stale.token, "SUCCESSFUL", 60, {}) is False
+    assert store.release(lost.id, "default", stale.token) is False
+    assert store.retry(lost.id, "default", stale.token, 0, {}) is None
     assert backend.get_result(lost.id).worker_ids == ["worker-a", "worker-b"]
 
 
 def test_renew_of_nothing(backend: RedisBackend) -> None:
     """Renew no leases without a round trip."""
-    assert backend.store.renew([], "worker-a", LONG_LEASE_MS) == []
+    assert backend.store.renew([], LONG_LEASE_MS) == []
 
 
 # -- reclaim --------------------------------------------------------------------
@@ -324,7 +348,7 @@ def test_reclaim_requeues_then_fails_after_max_deliveries(backend: RedisBackend)
     # Given worker-a claimed it under a lease that has already run out
     store.claim(["default"], "worker-a", 0, 1)
     # When the lease is reclaimed
-    assert store.reclaim(["default"], limit=100, max_deliveries=2, failed_ttl=300) == (1, 0)
+    assert reclaim(store, ["default"], limit=100, max_deliveries=2, failed_ttl=300) == (1, 0)
     # Then it is ready again at its old place, with one WorkerLost error
     assert zscore(backend, keys.ready("default"), result.id) == score
     assert zscore(backend, keys.running("default"), result.id) is None
@@ -337,7 +361,7 @@ def test_reclaim_requeues_then_fails_after_max_deliveries(backend: RedisBackend)
     # Given worker-b claimed it and also vanished (the second delivery)
     store.claim(["default"], "worker-b", 0, 1)
     # When it is reclaimed again it has been delivered max_deliveries times
-    assert store.reclaim(["default"], limit=100, max_deliveries=2, failed_ttl=300) == (0, 1)
+    assert reclaim(store, ["default"], limit=100, max_deliveries=2, failed_ttl=300) == (0, 1)
     # Then it is FAILED for good, out of every queue set, and its record expires
     failed = backend.get_result(result.id)
     assert failed.status == TaskResultStatus.FAILED
@@ -356,7 +380,7 @@ def test_reclaim_leaves_live_leases_alone(backend: RedisBackend) -> None:
     result = tasks.noop_task.enqueue()
     store.claim(["default"], "worker-a", LONG_LEASE_MS, 1)
 
-    assert store.reclaim(["default"], limit=100, max_deliveries=1, failed_ttl=60) == (0, 0)
+    assert reclaim(store, ["default"], limit=100, max_deliveries=1, failed_ttl=60) == (0, 0)
     assert field(backend, result.id, "status") == "RUNNING"
 
 
@@ -367,8 +391,8 @@ def test_reclaim_respects_its_limit(backend: RedisBackend) -> None:
         tasks.noop_task.enqueue()
     store.claim(["default"], "worker-a", 0, 5)
 
-    assert store.reclaim(["default"], limit=2, max_deliveries=5, failed_ttl=60) == (2, 0)
-    assert store.reclaim(["default"], limit=10, max_deliveries=5, failed_ttl=60) == (3, 0)
+    assert reclaim(store, ["default"], limit=2, max_deliveries=5, failed_ttl=60) == (2, 0)
+    assert reclaim(store, ["default"], limit=10, max_deliveries=5, failed_ttl=60) == (3, 0)
 
 
 # -- release and retry ----------------------------------------------------------
@@ -380,9 +404,9 @@ def test_release_puts_the_task_back_with_its_original_score(backend: RedisBacken
     first = tasks.noop_task.enqueue()
     second = tasks.noop_task.enqueue()
     score = zscore(backend, keys.ready("default"), first.id)
-    store.claim(["default"], "worker-a", LONG_LEASE_MS, 1)
+    [claimed] = store.claim(["default"], "worker-a", LONG_LEASE_MS, 1)
 
-    assert store.release(first.id, "default", "worker-a") is True
+    assert store.release(first.id, "default", claimed.token) is True
 
     assert zscore(backend, keys.ready("default"), first.id) == score
     assert zscore(backend, keys.running("default"), first.id) is None
@@ -397,15 +421,15 @@ def test_release_of_a_task_that_never_started_undoes_the_claim(backend: RedisBac
     """started=False: the worker leaves worker_ids, so the claim spends no attempt."""
     store = backend.store
     result = tasks.noop_task.enqueue()
-    store.claim(["default"], "worker-a", LONG_LEASE_MS, 1)
-    assert store.release(result.id, "default", "worker-a", started=False) is True
+    [a] = store.claim(["default"], "worker-a", LONG_LEASE_MS, 1)
+    assert store.release(result.id, "default", a.token, started=False) is True
     fresh = backend.get_result(result.id)
     assert (fresh.status, fresh.worker_ids, fresh.started_at) == (TaskResultStatus.READY, [], None)
 
-    store.claim(["default"], "worker-b", LONG_LEASE_MS, 1)
-    store.release(result.id, "default", "worker-b")  # started: worker-b stays
-    store.claim(["default"], "worker-c", LONG_LEASE_MS, 1)
-    assert store.release(result.id, "default", "worker-c", started=False) is True
+    [b] = store.claim(["default"], "worker-b", LONG_LEASE_MS, 1)
+    store.release(result.id, "default", b.token)  # started: worker-b stays
+    [c] = store.claim(["default"], "worker-c", LONG_LEASE_MS, 1)
+    assert store.release(result.id, "default", c.token, started=False) is True
 
     again = backend.get_result(result.id)
     assert again.worker_ids == ["worker-b"]
@@ -420,7 +444,7 @@ def test_release_by_another_worker_is_refused(backend: RedisBackend) -> None:
     result = tasks.noop_task.enqueue()
     store.claim(["default"], "worker-a", LONG_LEASE_MS, 1)
 
-    assert store.release(result.id, "default", "worker-b") is False
+    assert store.release(result.id, "default", "worker-b#1") is False
     assert field(backend, result.id, "status") == "RUNNING"
 
 
@@ -428,11 +452,11 @@ def test_retry_schedules_the_next_attempt(backend: RedisBackend) -> None:
     """Put a failed attempt back as READY in the schedule, due after its backoff, then promote it."""
     store, keys = backend.store, backend.keys
     result = tasks.noop_task.enqueue()
-    store.claim(["default"], "worker-a", LONG_LEASE_MS, 1)
+    [claimed] = store.claim(["default"], "worker-a", LONG_LEASE_MS, 1)
     errors = json.dumps([{"exception_class_path": "builtins.RuntimeError", "traceback": "boom\n"}])
     before = store.server_time_ms()
 
-    due = store.retry(result.id, "default", "worker-a", 100, {"errors": errors})
+    due = store.retry(result.id, "default", claimed.token, 100, {"errors": errors})
 
     assert due is not None
     assert due >= before + 100

@@ -30,7 +30,8 @@ def cluster_slot(key: str) -> int:
 def every_key(keys: Keys, queue: str) -> list[str]:
     """Return every key name Keys builds for one queue (and the shared ones)."""
     per_queue = [keys.ready, keys.ready_since, keys.scheduled, keys.running, keys.wake]
-    return [k(queue) for k in per_queue] + [keys.task("t1"), keys.queues, keys.seq, keys.workers]
+    shared = [keys.task("t1"), keys.queues, keys.seq, keys.reclaim_state, keys.project, keys.claim_memo("w:1")]
+    return [k(queue) for k in per_queue] + shared
 
 
 def test_cluster_slot_matches_redis_reference_values() -> None:
@@ -66,8 +67,8 @@ def test_documented_names() -> None:
     keys = Keys("p")
 
     assert keys.ready("emails") == "{p}:queue:emails"
-    assert keys.scheduled("emails") == "{p}:queue:emails:scheduled"
-    assert keys.running("emails") == "{p}:queue:emails:running"
+    assert keys.scheduled("emails") == "{p}:scheduled:emails"
+    assert keys.running("emails") == "{p}:running:emails"
     assert keys.task("abc") == keys.task_prefix + "abc" == "{p}:task:abc"
 
 
@@ -76,9 +77,40 @@ def test_names_differ_per_queue_and_purpose() -> None:
     keys = Keys("p")
 
     names = [name for queue in ("a", "b") for name in every_key(keys, queue)]
-    shared = {keys.task("t1"), keys.queues, keys.seq, keys.workers}
+    shared = {keys.task("t1"), keys.queues, keys.seq, keys.reclaim_state, keys.project, keys.claim_memo("w:1")}
 
     assert len(set(names)) == len(names) - len(shared)
+
+
+# Names chosen to collide with another queue's keys under the old "{p}:queue:<q>:<kind>"
+# scheme, plus braces, unicode, empty and very long names.
+HOSTILE_QUEUES = (
+    "billing",
+    "billing:scheduled",
+    "jobs",
+    "jobs:running",
+    "mail",
+    "mail:wake",
+    "x:since",
+    "queue",
+    "queue:x",
+    "running:a",
+    "a}b{c",
+    "{p}",
+    "ünïcode:running",
+    "q" * 10_000,
+    "q" * 10_000 + ":scheduled",
+)
+
+
+def test_no_two_queues_or_kinds_share_a_key() -> None:
+    """Give every (kind, queue) pair its own key, whatever the names hold."""
+    keys = Keys("p")
+    kinds = (keys.ready, keys.ready_since, keys.scheduled, keys.running, keys.wake)
+    built = [kind(queue) for queue in HOSTILE_QUEUES for kind in kinds]
+    fixed = [keys.queues, keys.seq, keys.reclaim_state, keys.project, keys.task("t"), keys.claim_memo("w:1")]
+
+    assert len(set(built + fixed)) == len(built) + len(fixed)
 
 
 def test_keys_is_frozen() -> None:

@@ -148,7 +148,10 @@ def test_a_flag_overrides_a_bad_environment_value_in_the_process(
         ({"DJANGO_SETTINGS_MODULE": ""}, "DJANGO_SETTINGS_MODULE is not set"),
         ({"DJANGO_SETTINGS_MODULE": "tests.no_such_settings"}, "failed to load"),
         ({"CONVEYOR_BACKEND": "nope"}, "CONVEYOR_BACKEND (--backend) 'nope'"),
-        ({"CONVEYOR_ALLOWED_TASK_MODULES": ""}, "INSTALLED_APPS has no project app"),
+        (
+            {"CONVEYOR_ALLOWED_TASK_MODULES": "", "CONVEYOR_TEST_ALLOW_LIST": "none"},
+            "INSTALLED_APPS has no project app",
+        ),
     ],
     ids=["no-settings-module", "bad-settings-module", "unknown-backend", "empty-allow-list"],
 )

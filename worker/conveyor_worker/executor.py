@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 from asgiref.sync import sync_to_async
 from conveyor import codec
 from conveyor.backend import RedisBackend
-from conveyor.exceptions import CorruptRecord, RejectedTask, TaskTimeout
+from conveyor.exceptions import CorruptRecord, RejectedTask, TaskTimeout, UnknownTaskPath
 from conveyor.store import Claimed
 from django.db import close_old_connections
 from django.tasks.base import Task, TaskContext, TaskError, TaskResult, TaskResultStatus
@@ -26,6 +26,12 @@ from django.tasks.signals import task_finished, task_started
 from .runners import interrupt_thread
 
 Kind = Literal["succeeded", "failed", "retry", "rejected"]
+# A task path inside the allowed modules that does not import here may be newer than this
+# worker (a rolling deploy): it goes back to its queue with a growing delay, for this long
+# at most after it was first put back, and then fails.
+UNKNOWN_TASK_PATIENCE = 15 * 60.0  # seconds
+UNKNOWN_TASK_DELAY_MIN = 1.0  # seconds before a task this worker cannot import is due again...
+UNKNOWN_TASK_DELAY_MAX = 60.0  # ...growing with the time it has waited, up to this
 
 
 @dataclass(slots=True, kw_only=True)
@@ -34,8 +40,11 @@ class Attempt:
 
     task_id: str
     queue: str
+    token: str = ""  # the delivery's fencing token, checked by every call about this attempt
+    alone: bool = False  # an earlier delivery lost its worker: run with no other task beside it
     result: TaskResult | None = None  # None when the record was rejected before running
     rejection: str | None = None
+    postpone: float | None = None  # seconds: give back unrun, due again after this delay
     timeout: float | None = None
     started: float = field(default_factory=time.monotonic)
     thread_id: int | None = None
@@ -131,7 +140,9 @@ class Executor:
 
     def prepare(self, claimed: Claimed) -> Attempt:
         """Check a claimed record before anything is imported; return a runnable or rejected attempt."""
-        attempt = Attempt(task_id=claimed.task_id, queue=claimed.queue)
+        attempt = Attempt(
+            task_id=claimed.task_id, queue=claimed.queue, token=claimed.token, alone=claimed.lost_worker
+        )
         size = len(claimed.fields.get(b"args", b"")) + len(claimed.fields.get(b"kwargs", b""))
         limit = self.backend.settings.max_payload_bytes
         try:
@@ -145,6 +156,15 @@ class Executor:
                 )
             try:
                 task = self.backend.resolve_task(record)
+            except UnknownTaskPath as exc:
+                waited = self._waited_for_code(claimed)
+                if waited >= UNKNOWN_TASK_PATIENCE:
+                    raise RejectedTask(
+                        f"{exc}; still not importable after {waited / 60:.0f} minutes of retries"
+                    ) from exc
+                attempt.postpone = min(UNKNOWN_TASK_DELAY_MAX, max(UNKNOWN_TASK_DELAY_MIN, waited / 2))
+                attempt.rejection = str(exc)
+                return attempt
             except TaskResultDoesNotExist as exc:
                 raise RejectedTask(str(exc)) from exc
             except Exception as exc:  # the task's own module raised while being imported
@@ -152,9 +172,21 @@ class Executor:
         except (CorruptRecord, RejectedTask) as exc:
             attempt.rejection = str(exc)
             return attempt
+        except Exception as exc:  # a record no check foresaw must fail, not crash its thread
+            attempt.rejection = f"record {claimed.task_id!r} cannot be prepared: {exc!r}"
+            return attempt
         attempt.result = codec.to_task_result(record, task)
         attempt.timeout = getattr(task, "timeout", None)
         return attempt
+
+    @staticmethod
+    def _waited_for_code(claimed: Claimed) -> float:
+        """Return seconds since this task was first put back because its path did not import."""
+        since = claimed.fields.get(b"unknown_since")
+        try:
+            return max(0.0, time.time() - int(since) / 1e6) if since else 0.0
+        except ValueError:
+            return UNKNOWN_TASK_PATIENCE
 
     def reject(self, attempt: Attempt) -> None:
         """Record a rejected attempt as FAILED with its reason; nothing runs."""
@@ -223,18 +255,18 @@ class Executor:
                 raise TaskTimeout(f"Task exceeded its timeout of {attempt.timeout:g}s") from exc
             raise
 
-    def time_out(self, attempt: Attempt) -> bool:
-        """Fail a sync attempt that overran its timeout, from the watchdog; False if it had finished."""
-        if attempt.finalized:
-            return False
-        where = ""
+    @staticmethod
+    def where(attempt: Attempt) -> str:
+        """Return the stack of the thread running an attempt, for the timeout's traceback."""
         frame = sys._current_frames().get(attempt.thread_id or -1)
-        if frame is not None:
-            where = "\nIt was running:\n" + "".join(traceback.format_stack(frame))
+        return "" if frame is None else "\nIt was running:\n" + "".join(traceback.format_stack(frame))
+
+    def record_timeout(self, attempt: Attempt, where: str) -> None:
+        """Record the failure of a sync attempt the watchdog finalized for overrunning its timeout."""
         try:
             raise TaskTimeout(f"Task exceeded its timeout of {attempt.timeout:g}s{where}")
         except TaskTimeout as exc:
-            return self._failed(attempt, exc)
+            self._record_failure(attempt, exc)
 
     def _succeeded(self, attempt: Attempt, value: Any, text: str) -> None:
         if not attempt.finalize():
@@ -258,6 +290,11 @@ class Executor:
         """Record a failed attempt; call only inside an except block (receivers read exc_info)."""
         if not attempt.finalize():
             return False
+        self._record_failure(attempt, exc)
+        return True
+
+    def _record_failure(self, attempt: Attempt, exc: BaseException) -> None:
+        """Record a finalized attempt's failure: a retry while attempts are left, else FAILED."""
         result = attempt.result
         assert result is not None
         result.errors.append(error_for(exc))
@@ -270,14 +307,13 @@ class Executor:
                 attempt,
                 Verdict(kind="retry", errors=tuple(result.errors), retry_delay=delay, duration=duration),
             )
-            return True
+            return
         finished = self._finish_time(result)
         object.__setattr__(result, "finished_at", finished)
         object.__setattr__(result, "status", TaskResultStatus.FAILED)
         verdict = Verdict(kind="failed", finished_at=finished, errors=tuple(result.errors), duration=duration)
         if self.record(attempt, verdict):
             task_finished.send(self.sender, task_result=result)
-        return True
 
     @staticmethod
     def _finish_time(result: TaskResult) -> datetime:

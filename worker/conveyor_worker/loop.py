@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import itertools
 import logging
 import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor import codec
 from conveyor.backend import RedisBackend
 from conveyor.exceptions import ConveyorError, RedisUnavailable, TaskTimeout
-from conveyor.store import Claimed, Promotion, ScriptCall, Sent, Store
+from conveyor.store import Claimed, Promotion, Reclaimed, ScriptCall, Sent, Store
 
 from .executor import Attempt, Executor, Verdict
 from .logs import TaskLines
@@ -29,6 +31,7 @@ logger = logging.getLogger("conveyor_worker")
 PROMOTE_EVERY = 1.0  # seconds between promotions of due scheduled tasks
 QUEUE_REFRESH_EVERY = 1.0  # seconds between re-reading the queue list for '*'
 BACKOFF_MAX = 5.0  # seconds, cap of the reconnect backoff
+RENEW_RETRY = 1.0  # seconds, at most, before a failed lease renewal is tried again
 # Pacing: how many processors cycle at once. Threads that all want the GIL hand it over
 # at every socket call, which costs more than a short task; so the main thread adds a
 # processor only while work waits and the ones running leave the core idle, or run
@@ -113,6 +116,7 @@ class Worker:
         self.lease_ms = int(settings.lease * 1000)
         self.executor = Executor(backend, allowed_modules, self._record)
         self._lines = TaskLines(logger)  # the two INFO lines of every task
+        self.project = backend.project_name()
         self.result_ttl = backend.settings.result_ttl
         self.failed_ttl = backend.settings.failed_result_ttl
         self._on_busy_change = on_busy_change
@@ -141,6 +145,15 @@ class Worker:
         self._promote_at = 0.0
         self._reclaim_at = 0.0
         self._reclaim_every = min(5.0, settings.lease / 4)
+        # A longer pause between reclaims than this (by any worker) means nobody could reach
+        # Redis: reclaim then holds off for a lease, so live owners renew first.
+        self._outage_ms = int(settings.lease * 500)
+        self._renew_retry = min(RENEW_RETRY, settings.lease / 10)
+        self._claim_ids = itertools.count(1)  # names each claim call, so a replay finds its tasks
+        self._alone: Attempt | None = None  # a task waiting to run, or running, alone (under _cond)
+        self._alone_running = False  # True while it runs: other tasks wait (under _cond)
+        self._recorder = ThreadPoolExecutor(1, thread_name_prefix="conveyor-recorder")
+        self._holding = False  # reclaim holds off after an outage (main thread only)
         self.loop_beat = time.monotonic()
         self.watch_beat = time.monotonic()
         self._processors: Processors | None = None
@@ -192,6 +205,12 @@ class Worker:
         """Run until stopped, drained (batch) or max tasks; return the exit code."""
         self._async = AsyncRunner("conveyor-async")
         threading.Thread(target=self._watch, name="conveyor-watchdog", daemon=True).start()
+        if not self._claim_project():
+            self.state = State.STOPPED
+            self._watch_wake.set()
+            self._async.shutdown()
+            self._recorder.shutdown(wait=False)
+            return self.exit_code
         if self.state is State.STARTING:
             self.state = State.READY
         with contextlib.suppress(RedisUnavailable):  # the loop below reports it and retries
@@ -203,7 +222,7 @@ class Worker:
             self.loop_beat = time.monotonic()
             try:
                 self._tick()
-                if not self.redis_ok:
+                if failures:
                     logger.info(
                         "redis reachable", extra={"event": "redis_recovered", "worker_id": self.worker_id}
                     )
@@ -229,7 +248,47 @@ class Worker:
         self.state = State.STOPPED
         self._watch_wake.set()
         self._async.shutdown()
+        self._recorder.shutdown(wait=False)
         return self.exit_code
+
+    def _claim_project(self) -> bool:
+        """Make sure this project owns the key prefix before any task is claimed; False to stop."""
+        failures, started = 0, time.monotonic()
+        while not self._stop.is_set():
+            self.loop_beat = time.monotonic()
+            try:
+                owner = self.store.claim_project(self.project)
+            except ConveyorError as exc:
+                failures += 1
+                if failures == 1:
+                    logger.warning(
+                        "redis unavailable: %s",
+                        exc,
+                        extra={"event": "redis_unavailable", "worker_id": self.worker_id},
+                    )
+                if self.settings.batch and time.monotonic() - started > self.settings.lease:
+                    self.exit_code = 1
+                    logger.info(
+                        "redis unavailable for longer than a lease; giving up the batch",
+                        extra={"event": "worker_draining", "worker_id": self.worker_id},
+                    )
+                    return False
+                self._stop.wait(min(BACKOFF_MAX, 0.05 * 2**failures) * random.uniform(0.5, 1.5))
+                continue
+            if owner != self.project:
+                logger.error(
+                    "key prefix %r belongs to project %r, not %r: refusing to run its tasks "
+                    "(give each project its own KEY_PREFIX, or set OPTIONS PROJECT)",
+                    self.store.keys.prefix,
+                    owner,
+                    self.project,
+                    extra={"event": "project_mismatch", "worker_id": self.worker_id},
+                )
+                self.exit_code = 2
+                return False
+            self.redis_ok = True
+            return True
+        return True  # stopped before Redis answered: the run loop below ends at once
 
     # -- the main thread: maintenance and listening --------------------------------
 
@@ -246,11 +305,17 @@ class Worker:
             if promotion.promoted:
                 self._announce()
         if now >= self._reclaim_at:
-            requeued, _ = self.store.reclaim(
-                queues, limit=1000, max_deliveries=self.settings.max_deliveries, failed_ttl=self.failed_ttl
+            reclaimed = self.store.reclaim(
+                queues,
+                limit=1000,
+                max_deliveries=self.settings.max_deliveries,
+                failed_ttl=self.failed_ttl,
+                lease_ms=self.lease_ms,
+                outage_ms=self._outage_ms,
             )
             self._reclaim_at = now + self._reclaim_every
-            if requeued:
+            self._note_reclaim(reclaimed)
+            if reclaimed.requeued:
                 self._announce()
         with self._work:
             idle = self._idle
@@ -268,7 +333,10 @@ class Worker:
             # Every processor found nothing; promote again now, so a retry they scheduled
             # just before going idle counts, and stop only if nothing is ready or due.
             fresh = self.store.promote(queues, limit=1000)
-            if self._nothing_due(fresh) and not any(s.ready for s in self.store.queue_stats(queues)):
+            stats = self.store.queue_stats(queues)
+            # While reclaim holds off after an outage, a running task may be a dead worker's
+            # that comes back when the hold ends: wait for it.
+            if self._nothing_due(fresh) and not any(s.ready or (self._holding and s.running) for s in stats):
                 self._finish_run("batch drained")
                 return
             self._announce()
@@ -297,6 +365,17 @@ class Worker:
         # Rouse one idle processor on a token, and also on a timeout, so a token taken by a
         # worker that was busy at that instant never leaves a task waiting.
         self._announce()
+
+    def _note_reclaim(self, reclaimed: Reclaimed) -> None:
+        """Log when reclaim starts holding off after an outage (live owners renew first)."""
+        holding = reclaimed.held_ms > 0
+        if holding and not self._holding:
+            logger.warning(
+                "no reclaim for %.1fs: Redis was out of reach of every worker; live owners renew first",
+                reclaimed.held_ms / 1000,
+                extra={"event": "reclaim_held", "worker_id": self.worker_id},
+            )
+        self._holding = holding
 
     def _announce(self, wake: bool = True) -> None:
         """Note that work may be waiting; wake one idle processor unless pacing decides."""
@@ -363,6 +442,10 @@ class Worker:
     def _accepting(self) -> bool:
         return self.state is State.READY and not self._retired()
 
+    def _claiming(self) -> bool:
+        """Tell whether this processor may claim: accepting, and no task waits to run alone."""
+        return self._alone is None and self._accepting()
+
     def _retired(self) -> bool:
         assert self._processors is not None
         return self._processors.is_retired(threading.get_ident())
@@ -394,7 +477,12 @@ class Worker:
     def _process(self) -> None:
         """Run one processor on a connection of its own."""
         with self.store.hold_connection():
-            self._process_tasks()
+            try:
+                self._process_tasks()
+            finally:
+                # Even on a crash, read what this processor sent ahead before its connection
+                # goes: the tasks it claimed join _ahead rather than wait out their lease.
+                self._land(self._local)
 
     def _process_tasks(self) -> None:
         """Wait to be woken, then run tasks claimed ahead or claim more, until none is left or it parks."""
@@ -408,7 +496,7 @@ class Worker:
                 # on a thread retired for overrunning (its replacement runs them).
                 claimed = None if self._retired() else self._take_ahead()
                 if claimed is None:
-                    if local.park or not self._accepting():
+                    if local.park or not self._claiming():
                         break
                     try:
                         claimed = self._claim(local)
@@ -453,7 +541,7 @@ class Worker:
         if self._ahead:
             return self._take_ahead()
         local.seen = self._announced
-        if not self._queues:
+        if not self._queues or not self._claiming():
             return None
         self._exchange([], self._reserve(self._batch()))
         return self._take_ahead()
@@ -482,7 +570,8 @@ class Worker:
             deferred, self._unrecorded = self._unrecorded, []
         sent = [self._verdict_call(d.attempt, d.verdict) for d in deferred] + calls
         if claims:
-            sent.append(self.store.claim_call(queues, self.worker_id, self.lease_ms, claims))
+            claim_id = f"{self.worker_id}:{next(self._claim_ids)}"
+            sent.append(self.store.claim_call(queues, self.worker_id, self.lease_ms, claims, claim_id))
         return deferred, sent
 
     def _undo_round_trip(self, deferred: list[Deferred], claims: int) -> None:
@@ -536,16 +625,21 @@ class Worker:
                 self._in_flight.pop(owner, None)
             try:
                 replies = self.store.receive(flight.sent)
-            except ConveyorError as exc:
-                # The records go again (fenced by owner); claimed tasks, if any, come back
-                # when their leases expire.
-                self._undo_round_trip(flight.deferred, flight.claims)
-                logger.warning(
-                    "could not read a round trip: %s",
-                    exc,
-                    extra={"event": "record_failed", "worker_id": self.worker_id},
-                )
-                return
+            except ConveyorError:
+                replies = None
+            if replies is None:
+                try:
+                    # Send the same calls again on a fresh connection: records are fenced by
+                    # delivery and the claim returns what it claimed the first time.
+                    replies = self.store.run(flight.sent.calls)
+                except ConveyorError as exc:
+                    self._undo_round_trip(flight.deferred, flight.claims)
+                    logger.warning(
+                        "could not read a round trip: %s",
+                        exc,
+                        extra={"event": "record_failed", "worker_id": self.worker_id},
+                    )
+                    return
         self._absorb(replies, flight.deferred, flight.claims, flight.queues)
 
     def _land_stale(self, older_than: float) -> None:
@@ -570,13 +664,34 @@ class Worker:
 
     def _execute(self, claimed: Claimed) -> None:
         attempt = self.executor.prepare(claimed)
+        if attempt.alone and attempt.rejection is None and not self._clear_for(attempt):
+            self._give_back(attempt.task_id, attempt.queue, attempt.token, started=False)
+            return
         with self._cond:
             self._running[attempt.task_id] = attempt
         self._busy_changed()
-        if attempt.rejection is not None:
-            self.executor.reject(attempt)
-            return
+        try:
+            if attempt.postpone is not None:
+                self._postpone(attempt)
+            elif attempt.rejection is not None:
+                self.executor.reject(attempt)
+            else:
+                self._run(attempt)
+        finally:
+            if attempt.alone:
+                with self._cond:
+                    if self._alone is attempt:
+                        self._alone, self._alone_running = None, False
+                        self._cond.notify_all()
+
+    def _run(self, attempt: Attempt) -> None:
+        """Run a prepared attempt on this thread (a coroutine on the event loop thread)."""
         assert attempt.result is not None and self._async is not None
+        if not attempt.alone:
+            with self._cond:  # a task that lost its worker before runs with nothing beside it
+                while self._alone_running:
+                    self._cond.wait(0.05)
+        attempt.started = time.monotonic()  # its timeout counts from here, not from any wait
         self.metrics.count("started", attempt.queue)
         self._lines.info("task started", self._task_fields(attempt, event="task_started", status="RUNNING"))
         if attempt.is_async:
@@ -585,6 +700,68 @@ class Worker:
             if attempt.timeout is not None:
                 self._watch_wake.set()
             self.executor.run_sync(attempt)
+
+    def _clear_for(self, attempt: Attempt) -> bool:
+        """Make this worker run nothing but attempt: stop claiming, give back what waits, let the rest finish.
+
+        An earlier delivery of the task lost its worker, perhaps by killing it; alone, a
+        second kill charges no other task a delivery. Tasks claimed ahead never started,
+        so giving them back costs them nothing; the ones running finish and are stored.
+        False when another task already waits to run alone here (give this one back).
+        """
+        with self._cond:
+            if self._alone is not None:
+                return False
+            self._alone = attempt  # renewed from now on; stops every claim
+        logger.info(
+            "task lost its worker before; running it alone",
+            extra={
+                "event": "task_isolated",
+                "task_id": attempt.task_id,
+                "queue": attempt.queue,
+                "worker_id": self.worker_id,
+            },
+        )
+        self._land(self._local)
+        while True:
+            while (claimed := self._take_ahead()) is not None:
+                self._give_back(claimed.task_id, claimed.queue, claimed.token, started=False)
+            self._land_stale(older_than=0.0)
+            self._flush_deferred()
+            with self._cond:
+                if not self._running and not self._ahead and not self._in_flight:
+                    self._alone_running = True
+                    return True
+                self._cond.wait(0.05)
+
+    def _postpone(self, attempt: Attempt) -> None:
+        """Give back, unrun, a task whose path this worker cannot import yet; it is due again later."""
+        assert attempt.postpone is not None
+        self._land(self._local)
+        stored = False
+        try:
+            call = self.store.postpone_call(
+                attempt.task_id, attempt.queue, attempt.token, int(attempt.postpone * 1000)
+            )
+            stored = bool(self.store.run([call])[0])
+        except ConveyorError as exc:
+            logger.warning(
+                "could not postpone: %s", exc, extra=self._task_fields(attempt, event="record_failed")
+            )
+        finally:
+            with self._cond:
+                self._running.pop(attempt.task_id, None)
+                self._cond.notify_all()
+            self._busy_changed()
+        if stored:
+            logger.warning(
+                "task path does not import here (yet); back in its queue in %.0fs: %s",
+                attempt.postpone,
+                attempt.rejection,
+                extra=self._task_fields(
+                    attempt, event="task_postponed", delay_ms=int(attempt.postpone * 1000)
+                ),
+            )
 
     def _task_fields(self, attempt: Attempt, **extra: Any) -> dict[str, Any]:
         fields: dict[str, Any] = {
@@ -614,7 +791,7 @@ class Worker:
         if verdict.kind == "succeeded" and self._ahead and processor:
             with self._cond:
                 self._unrecorded.append(Deferred(attempt=attempt, verdict=verdict, then=then))
-            if len(self._ahead) == 1 and self._waiting and self._accepting() and not self._parks(local):
+            if len(self._ahead) == 1 and self._waiting and self._claiming() and not self._parks(local):
                 # The batch's last task is next: send its records and the next claim now and
                 # read the replies after running it, so Redis works while the task runs.
                 self._send_ahead(local)
@@ -658,24 +835,36 @@ class Worker:
                 )
 
     def _store_verdict(self, attempt: Attempt, verdict: Verdict) -> bool:
-        deadline = time.monotonic() + self.settings.lease
+        """Store an outcome, trying again while Redis is away for as long as this worker runs.
+
+        The attempt keeps its slot meanwhile, so its lease is renewed the moment Redis is
+        back: an outage, however long, does not make a finished task run again.
+        """
         delay = 0.05
+        warned = False
         while True:
             try:
                 return self._write_verdict(attempt, verdict)
             except ConveyorError as exc:
-                if time.monotonic() + delay > deadline:
+                if self.state is State.STOPPED:
                     logger.error(
-                        "could not record outcome: %s",
+                        "could not record outcome before stopping: %s",
                         exc,
                         extra=self._task_fields(attempt, event="record_failed"),
                     )
                     return False
+                if not warned:
+                    warned = True
+                    logger.warning(
+                        "could not record outcome yet (trying again): %s",
+                        exc,
+                        extra=self._task_fields(attempt, event="record_delayed"),
+                    )
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
     def _verdict_call(self, attempt: Attempt, verdict: Verdict) -> ScriptCall:
-        store, tid, q, me = self.store, attempt.task_id, attempt.queue, self.worker_id
+        store, tid, q, me = self.store, attempt.task_id, attempt.queue, attempt.token
         errors = codec.encode_errors(verdict.errors) if verdict.errors else "[]"  # type: ignore[arg-type]
         if verdict.kind == "retry":
             return store.retry_call(tid, q, me, int(verdict.retry_delay * 1000), {"errors": errors})
@@ -693,7 +882,7 @@ class Worker:
         if not getattr(local, "processor", False):
             return bool(self.store.run([call])[0])
         claims = 0
-        if self._accepting() and not self._parks(local) and self._queues:
+        if self._claiming() and not self._parks(local) and self._queues:
             local.seen = self._announced
             claims = self._reserve(self._batch())
         (reply,) = self._exchange([call], claims)
@@ -757,6 +946,7 @@ class Worker:
     # -- watchdog: leases and timeouts ------------------------------------------
 
     def _watch(self) -> None:
+        """Renew leases and stop sync tasks that overrun; never wait on user code or on recording."""
         renew_every = self.settings.lease / 3
         renew_at = time.monotonic() + renew_every
         while self.state is not State.STOPPED:
@@ -772,48 +962,59 @@ class Worker:
                 else:
                     next_wake = min(next_wake, deadline)
             if now >= renew_at:
-                self._renew()
-                renew_at = now + renew_every
+                # After a failure, try again soon: when Redis comes back, this worker's
+                # leases are renewed within moments, before anyone may reclaim them.
+                renew_at = now + (renew_every if self._renew() else self._renew_retry)
                 next_wake = min(next_wake, renew_at)
             self._watch_wake.wait(min(1.0, max(0.005, next_wake - time.monotonic())))
             self._watch_wake.clear()
 
     def _time_out(self, attempt: Attempt) -> None:
+        """Stop an attempt that overran; its failure is recorded on the recorder thread, not here."""
         thread_id = attempt.thread_id
         if thread_id is None:  # not started yet: its clock starts when it runs
             return
-        if self.executor.time_out(attempt):
-            assert self._processors is not None
-            # The stuck thread is replaced at once so the slot is free; the interrupt ends
-            # the task at its next Python instruction (not inside a blocking C call).
-            self._processors.retire(thread_id)
-            attempt.interrupt(TaskTimeout)
-
-    def _renew(self) -> None:
-        leases = [(a.task_id, a.queue) for a in list(self._running.values()) if not a.lease_lost]
-        leases += [(c.task_id, c.queue) for c, _ in list(self._ahead)]
-        if not leases:
+        if not attempt.finalize():  # it finished meanwhile
             return
+        where = self.executor.where(attempt)
+        assert self._processors is not None
+        # The stuck thread is replaced at once so the slot is free; the interrupt ends
+        # the task at its next Python instruction (not inside a blocking C call).
+        self._processors.retire(thread_id)
+        attempt.interrupt(TaskTimeout)
+        self._recorder.submit(self.executor.record_timeout, attempt, where)
+
+    def _renew(self) -> bool:
+        """Renew every lease this worker holds in one round trip; False when Redis did not answer."""
+        held_here = [a for a in list(self._running.values()) if not a.lease_lost]
+        alone = self._alone
+        if alone is not None and alone.task_id not in self._running:
+            held_here.append(alone)  # waiting for the others to finish
+        leases = [(a.task_id, a.queue, a.token) for a in held_here]
+        leases += [(c.task_id, c.queue, c.token) for c, _ in list(self._ahead)]
+        if not leases:
+            return True
         try:
-            held = self.store.renew(leases, self.worker_id, self.lease_ms)
+            held = self.store.renew(leases, self.lease_ms)
         except ConveyorError as exc:
             logger.warning(
                 "lease renewal failed: %s", exc, extra={"event": "renew_failed", "worker_id": self.worker_id}
             )
-            return
-        for (task_id, _), ok in zip(leases, held, strict=True):
+            return False
+        for (task_id, _, _), ok in zip(leases, held, strict=True):
             attempt = self._running.get(task_id)
             if not ok and attempt is not None and not attempt.lease_lost:
                 attempt.lease_lost = True
                 logger.warning(
                     "lease lost while running", extra=self._task_fields(attempt, event="lease_lost")
                 )
+        return True
 
     # -- draining ----------------------------------------------------------------
 
-    def _give_back(self, task_id: str, queue: str, *, started: bool = True) -> bool:
+    def _give_back(self, task_id: str, queue: str, token: str, *, started: bool = True) -> bool:
         try:
-            return self.store.release(task_id, queue, self.worker_id, started=started)
+            return self.store.release(task_id, queue, token, started=started)
         except ConveyorError as exc:
             logger.warning(
                 "could not release: %s",
@@ -845,7 +1046,7 @@ class Worker:
         with self._cond:
             left = list(self._running.values())
         while (claimed := self._take_ahead()) is not None:
-            released = self._give_back(claimed.task_id, claimed.queue, started=False)
+            released = self._give_back(claimed.task_id, claimed.queue, claimed.token, started=False)
             logger.warning(
                 "task returned to its queue before it started" if released else "task left to its lease",
                 extra={
@@ -858,7 +1059,7 @@ class Worker:
         for attempt in left:
             if not attempt.finalize():
                 continue
-            released = self._give_back(attempt.task_id, attempt.queue)
+            released = self._give_back(attempt.task_id, attempt.queue, attempt.token)
             logger.warning(
                 "task returned to its queue unfinished" if released else "task left to its lease",
                 extra=self._task_fields(attempt, event="task_released"),

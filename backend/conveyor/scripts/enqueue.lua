@@ -10,8 +10,18 @@
 -- Ready score: (100 - priority) * 2^44 + seq, so ZPOPMIN gives the highest priority
 -- first and enqueue order within a priority; scores stay exact doubles below 2^53.
 -- This runs once per enqueue, so it makes as few calls as it can: one HSET per record.
+-- Every key is checked for its type before the first write, so a key some other
+-- program wrote (or any WRONGTYPE) fails the call with nothing written.
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
+end
+local expected = {'zset', 'zset', 'zset', 'set', 'string', 'list'}
+for i = 2, 7 do
+  local kind = redis.call('TYPE', KEYS[i])['ok']
+  if kind ~= 'none' and kind ~= expected[i - 1] then
+    return redis.error_reply('WRONGTYPE conveyor expected ' .. KEYS[i] .. ' to be a ' ..
+      expected[i - 1] .. ' but it is a ' .. kind .. '; nothing was written')
+  end
 end
 local id = ARGV[1]
 local t = redis.call('TIME')

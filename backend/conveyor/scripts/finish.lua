@@ -1,14 +1,19 @@
--- finish: record a task's final state (SUCCESSFUL or FAILED) if this worker still
+-- finish: record a task's final state (SUCCESSFUL or FAILED) if this delivery still
 -- holds its lease, take it out of the in-flight set and start its result TTL.
 -- KEYS[1] task hash   KEYS[2] running zset of its queue
--- ARGV[1] task id   ARGV[2] worker id   ARGV[3] status   ARGV[4] result TTL in seconds
--- ARGV[5..] field, value pairs to set (finished_at, errors, result)
--- Returns 1 when recorded, 0 when the lease was lost (another worker owns the task).
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then
+-- ARGV[1] task id   ARGV[2] delivery token (the claim's "owner")   ARGV[3] status
+-- ARGV[4] result TTL in seconds   ARGV[5..] field, value pairs to set (finished_at, errors, result)
+-- Returns 1 when recorded (or already recorded by this same delivery: a replayed call),
+-- 0 when the lease was lost (another delivery owns the task, or it was reclaimed).
+local owner = redis.call('HMGET', KEYS[1], 'owner', 'done_by')
+if owner[1] ~= ARGV[2] then
+  if owner[2] == ARGV[2] then
+    return 1
+  end
   return 0
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[1], 'status', ARGV[3], unpack(ARGV, 5))
-redis.call('HDEL', KEYS[1], 'owner')
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'done_by', ARGV[2], unpack(ARGV, 5))
+redis.call('HDEL', KEYS[1], 'owner', 'lost')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1

@@ -1,24 +1,44 @@
 -- reclaim: return tasks whose lease expired (their worker died) to their ready queue,
 -- or fail them once they have been delivered too often (a poison pill).
 -- KEYS[1] task key prefix (the script appends a task id to it)
--- For queue i = 0..n-1: KEYS[2+4i] running zset, KEYS[3+4i] ready zset,
---                       KEYS[4+4i] ready-since zset, KEYS[5+4i] wake list
+-- KEYS[2] reclaim state hash: "tick" (server ms of the last reclaim call by any worker)
+--         and "hold" (server ms before which nothing is reclaimed)
+-- For queue i = 0..n-1: KEYS[3+4i] running zset, KEYS[4+4i] ready zset,
+--                       KEYS[5+4i] ready-since zset, KEYS[6+4i] wake list
 -- ARGV[1] most tasks per queue   ARGV[2] most deliveries before FAILED
 -- ARGV[3] failed result TTL in seconds   ARGV[4] wake list cap
--- Returns {requeued, failed}. Each lost attempt appends a WorkerLost error.
+-- ARGV[5] lease length in ms   ARGV[6] the longest gap between reclaim calls (ms) that
+--         is not taken for an outage
+-- Returns {requeued, failed, held ms}. Each lost attempt appends a WorkerLost error and
+-- counts in "lost", which makes the next delivery run alone on its worker.
+-- After an outage (no reclaim call by any worker for longer than the gap: Redis was down
+-- or unreachable, or no worker ran), every lease may have run out while its worker was
+-- alive but unable to renew: nothing is reclaimed for one more lease, so live owners
+-- renew first and only the tasks of workers that really died come back.
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = math.floor(now_us / 1000)
-local nq = (#KEYS - 1) / 4
+local state = redis.call('HMGET', KEYS[2], 'tick', 'hold')
+local last, hold = tonumber(state[1]), tonumber(state[2])
+redis.call('HSET', KEYS[2], 'tick', string.format('%.0f', now_ms))
+if last == nil or now_ms - last > tonumber(ARGV[6]) then
+  hold = now_ms + tonumber(ARGV[5])
+  redis.call('HSET', KEYS[2], 'hold', string.format('%.0f', hold))
+end
+if hold and now_ms < hold then
+  return {0, 0, hold - now_ms}
+end
+local nq = (#KEYS - 2) / 4
 local requeued, failed = 0, 0
 for i = 0, nq - 1 do
-  local running, ready, since, wake = KEYS[2 + 4 * i], KEYS[3 + 4 * i], KEYS[4 + 4 * i], KEYS[5 + 4 * i]
+  local running, ready, since, wake = KEYS[3 + 4 * i], KEYS[4 + 4 * i], KEYS[5 + 4 * i], KEYS[6 + 4 * i]
   local expired = redis.call('ZRANGEBYSCORE', running, '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[1]))
   for _, id in ipairs(expired) do
     redis.call('ZREM', running, id)
     local key = KEYS[1] .. id
     if redis.call('HGET', key, 'status') == 'RUNNING' then
-      local owner = redis.call('HGET', key, 'owner') or 'unknown'
+      local token = redis.call('HGET', key, 'owner') or 'unknown'
+      local owner = string.match(token, '^(.*)#%d+$') or token
       local deliveries = tonumber(redis.call('HGET', key, 'deliveries') or '0')
       local poisoned = deliveries >= tonumber(ARGV[2])
       local message = 'conveyor.exceptions.WorkerLost: lease expired on worker ' .. owner ..
@@ -26,8 +46,8 @@ for i = 0, nq - 1 do
       if poisoned then
         message = message .. '; giving up after ' .. deliveries .. ' deliveries'
       end
-      local err = '{"exception_class_path":"conveyor.exceptions.WorkerLost","traceback":"' ..
-        message .. '\\n"}'
+      local err = cjson.encode({exception_class_path = 'conveyor.exceptions.WorkerLost',
+        traceback = message .. '\n'})
       local errors = redis.call('HGET', key, 'errors')
       if not errors or errors == '[]' then
         errors = '[' .. err .. ']'
@@ -35,6 +55,7 @@ for i = 0, nq - 1 do
         errors = string.sub(errors, 1, -2) .. ',' .. err .. ']'
       end
       redis.call('HDEL', key, 'owner')
+      redis.call('HINCRBY', key, 'lost', 1)
       if poisoned then
         redis.call('HSET', key, 'status', 'FAILED', 'errors', errors,
           'finished_at', string.format('%.0f', now_us))
@@ -51,4 +72,4 @@ for i = 0, nq - 1 do
     end
   end
 end
-return {requeued, failed}
+return {requeued, failed, 0}

@@ -1,6 +1,6 @@
--- renew: push a running task's lease deadline forward if this worker still owns it.
+-- renew: push a running task's lease deadline forward if this delivery still owns it.
 -- KEYS[1] task hash   KEYS[2] running zset of its queue
--- ARGV[1] task id   ARGV[2] worker id   ARGV[3] lease length in ms
+-- ARGV[1] task id   ARGV[2] delivery token   ARGV[3] lease length in ms
 -- Returns 1 when renewed, 0 when the lease was lost.
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then
   return 0
