@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -40,6 +41,8 @@ SUPPORTED_KUBERNETES = tuple(
 )
 CUSTOM_API_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
 WORKER_INTERFACE = ROOT / "docs" / "worker-interface.md"
+ADMISSION_POLICY_API = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"
+COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
 
 
 def ci(name: str) -> Path:
@@ -103,11 +106,18 @@ def test_kubernetes_validate_has_the_versions_we_target() -> None:
 def test_manifests_are_valid_kubernetes_objects(helm: str, values_file: Path, kube: str) -> None:
     # Given every object the chart renders for this values file (hooks and the test pod included)
     result = helm_template(
-        helm, [values_file], kube_version=f"{kube}.0", api_versions=[SERVICE_MONITOR_API, "keda.sh/v1alpha1"]
+        helm,
+        [values_file],
+        kube_version=f"{kube}.0",
+        api_versions=[SERVICE_MONITOR_API, "keda.sh/v1alpha1", ADMISSION_POLICY_API],
     )
     assert result.returncode == 0, result.stderr
     builtin = [d for d in result.docs if not d["apiVersion"].startswith(CUSTOM_API_GROUPS)]
     assert len(builtin) >= 4
+    if values_file_yaml(values_file).get("worker", {}).get("podDeletionCost", {}).get("enabled"):
+        assert {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} <= {
+            d["kind"] for d in builtin
+        }
     # Then each is valid for that Kubernetes version under the strict schema (no unknown fields)
     for doc in builtin:
         try:
@@ -124,15 +134,7 @@ def test_manifests_are_valid_kubernetes_objects(helm: str, values_file: Path, ku
 # required fields but accept unknown fields, which the API server's strict field validation rejects.
 ANY = "any"
 METADATA = {"name": ANY, "labels": ANY, "annotations": ANY}
-REDIS_TRIGGER_METADATA = {
-    "listName",
-    "listLength",
-    "activationListLength",
-    "databaseIndex",
-    "enableTLS",
-    "unsafeSsl",
-}
-REDIS_AUTH_PARAMETERS = {"address", "host", "port", "username", "password", "tls", "ca", "cert", "key"}
+METRICS_API_TRIGGER_METADATA = {"url", "format", "valueLocation", "targetValue", "activationTargetValue"}
 KNOWN_FIELDS: dict[str, dict[str, object]] = {
     "ScaledObject": {
         "apiVersion": ANY,
@@ -144,23 +146,9 @@ KNOWN_FIELDS: dict[str, dict[str, object]] = {
             "maxReplicaCount": ANY,
             "pollingInterval": ANY,
             "cooldownPeriod": ANY,
-            "advanced": {
-                "horizontalPodAutoscalerConfig": {"behavior": ANY},
-                "scalingModifiers": {
-                    "formula": ANY,
-                    "target": ANY,
-                    "activationTarget": ANY,
-                    "metricType": ANY,
-                },
-            },
-            "triggers": [{"type": ANY, "name": ANY, "metadata": ANY, "authenticationRef": {"name": ANY}}],
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": ANY}},
+            "triggers": [{"type": ANY, "name": ANY, "metricType": ANY, "metadata": ANY}],
         },
-    },
-    "TriggerAuthentication": {
-        "apiVersion": ANY,
-        "kind": ANY,
-        "metadata": METADATA,
-        "spec": {"secretTargetRef": [{"parameter": ANY, "name": ANY, "key": ANY}]},
     },
     "ServiceMonitor": {
         "apiVersion": ANY,
@@ -228,20 +216,19 @@ def test_custom_resources_match_their_crd_schemas(helm: str, crd_validator: str)
         if d["apiVersion"].startswith(CUSTOM_API_GROUPS)
     ]
     kinds = {d["kind"] for d in custom}
-    assert kinds == {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}
+    assert kinds == {"ScaledObject", "ServiceMonitor"}
     # Then the CRD-generated schemas accept them
     results = validate_custom_resources(crd_validator, custom)
     assert [r for r in results if not r["ok"]] == []
     assert len(results) == len(custom)
-    # And they use no field the CRDs lack, and only parameters the redis scaler knows
+    # And they use no field the CRDs lack, and only parameters the metrics-api scaler knows
     for doc in custom:
         assert unknown_fields(doc, KNOWN_FIELDS[doc["kind"]]) == [], doc["kind"]
     for so in (d for d in custom if d["kind"] == "ScaledObject"):
         for trigger in so["spec"]["triggers"]:
-            assert set(trigger["metadata"]) <= REDIS_TRIGGER_METADATA
+            assert trigger["type"] == "metrics-api"
+            assert set(trigger["metadata"]) <= METRICS_API_TRIGGER_METADATA
             assert all(isinstance(v, str) for v in trigger["metadata"].values())
-    for ta in (d for d in custom if d["kind"] == "TriggerAuthentication"):
-        assert {ref["parameter"] for ref in ta["spec"]["secretTargetRef"]} <= REDIS_AUTH_PARAMETERS
 
 
 def test_crd_validator_rejects_a_broken_scaled_object(helm: str, crd_validator: str) -> None:
@@ -282,7 +269,7 @@ def test_one_autoscaler_at_most_and_never_both(helm: str, mode: str, hpas: int, 
     for result in (rendered(helm, autoscaling__mode=mode), rendered(helm, ci(mode))):
         assert len(result.of_kind("HorizontalPodAutoscaler")) == hpas
         assert len(result.of_kind("ScaledObject")) == scaled_objects
-        assert len(result.of_kind("TriggerAuthentication")) == scaled_objects
+        assert result.of_kind("TriggerAuthentication") == []  # KEDA reads the exporter, not Redis
         targets = [
             d["spec"]["scaleTargetRef"]["name"]
             for d in result.of_kind("HorizontalPodAutoscaler") + result.of_kind("ScaledObject")
@@ -304,47 +291,50 @@ def test_worker_replicas_only_when_not_autoscaled(helm: str, mode: str) -> None:
         assert "replicas" not in spec
 
 
-def desired_replicas(total_ready: int, tasks_per_worker: int, low: int, high: int) -> int:
+def desired_replicas(work: int, tasks_per_worker: int, low: int, high: int) -> int:
     """The HPA's steady-state answer for an AverageValue target, clamped to [low, high]."""
-    return min(high, max(low, math.ceil(total_ready / tasks_per_worker)))
+    return min(high, max(low, math.ceil(work / tasks_per_worker)))
 
 
-def queue_depths() -> list[dict[str, int]]:
-    """Per-queue depths from empty to far past any maximum."""
-    depths = [0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100, 159, 160, 161, 319, 320, 321, 1000, 10**6]
-    return [{"default": d, "emails": (d * 3) // 7} for d in depths]
+def queue_loads() -> list[dict[str, int]]:
+    """Per-queue work (ready + due + running) from empty to far past any maximum."""
+    loads = [0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100, 159, 160, 161, 319, 320, 321, 1000, 10**6]
+    return [{"default": n, "emails": (n * 3) // 7} for n in loads]
 
 
-def test_hpa_scales_on_summed_queue_depth_within_min_and_max(helm: str) -> None:
-    # Given the rendered HPA of ci/hpa-values.yaml
+def test_hpa_scales_on_summed_work_per_worker_slot(helm: str) -> None:
+    # Given the rendered HPA of ci/hpa-values.yaml, which leaves tasksPerWorker at its default
     result = rendered(helm, ci("hpa"))
     hpa = result.one("HorizontalPodAutoscaler")["spec"]
     [metric] = hpa["metrics"]
     assert metric["type"] == "External"
     external = metric["external"]
-    assert external["metric"]["name"] == "conveyor_queue_ready"
+    # Then it reads the work gauge (ready + due scheduled + running), one task per worker slot
+    assert external["metric"]["name"] == "conveyor_queue_work"
     assert external["target"]["type"] == "AverageValue"
     per_worker = int(external["target"]["averageValue"])
     low, high = hpa["minReplicas"], hpa["maxReplicas"]
     values = values_file_yaml(ci("hpa"))
-    assert per_worker == values["autoscaling"]["tasksPerWorker"]
+    assert "tasksPerWorker" not in values["autoscaling"]
+    assert per_worker == values["worker"]["concurrency"]
+    assert per_worker == int(plain_env(worker_container(result))["CONVEYOR_CONCURRENCY"])
     assert (low, high) == (values["autoscaling"]["minReplicas"], values["autoscaling"]["maxReplicas"])
     # And its selector picks every served queue from the one exporter Service
     selector = external["metric"]["selector"]
     [queues] = [e["values"] for e in selector["matchExpressions"] if e["key"] == "queue"]
     assert queues == ["default", "emails"]
     assert selector["matchLabels"]["service"] == result.one("Service", "queue-metrics")["metadata"]["name"]
-    # When the HPA formula is applied to a range of depths (the adapter returns one series per queue,
+    # When the HPA formula is applied to a range of loads (the adapter returns one series per queue,
     # the HPA adds them up)
     answers = []
-    for depths in queue_depths():
-        total = sum(depths[q] for q in queues)
+    for loads in queue_loads():
+        total = sum(loads[q] for q in queues)
         replicas = desired_replicas(total, per_worker, low, high)
         answers.append((total, replicas))
         # Then the answer stays within [min, max]
         assert low <= replicas <= high
-    # And it is min when idle, max when the backlog exceeds max workers' share, and never shrinks as
-    # the backlog grows
+    # And it is min when idle, max when the work exceeds max workers' slots, and never shrinks as
+    # the work grows
     assert answers[0] == (0, low)
     assert answers[-1][1] == high
     assert all(a[1] <= b[1] for a, b in itertools.pairwise(answers))
@@ -353,29 +343,72 @@ def test_hpa_scales_on_summed_queue_depth_within_min_and_max(helm: str) -> None:
     assert any(low < r < high for _, r in answers)
 
 
-def test_keda_aims_at_the_same_sum_as_the_hpa(helm: str) -> None:
-    # Given the ScaledObject of ci/keda-values.yaml
+def keda_replicas(work: int, running: int, triggers: dict[str, Manifest], low: int, high: int) -> int:
+    """KEDA's steady-state answer: zero (at minReplicaCount 0) when no trigger is active, else the
+    HPA's: the largest ceil(value / target) over the triggers, clamped to [max(low, 1), high]."""
+    values = {"work": work, "running": running}
+    active = any(values[n] > float(t["metadata"]["activationTargetValue"]) for n, t in triggers.items())
+    if not active:
+        return low
+    wanted = max(math.ceil(values[n] / float(t["metadata"]["targetValue"])) for n, t in triggers.items())
+    return min(high, max(low, 1, wanted))
+
+
+def test_keda_aims_at_the_same_number_as_the_hpa_and_keeps_a_worker_while_a_task_runs(helm: str) -> None:
+    # Given the ScaledObject of ci/keda-values.yaml (scale to zero, activation above 2 tasks of work)
     so = rendered(helm, ci("keda")).one("ScaledObject")["spec"]
     values = values_file_yaml(ci("keda"))["autoscaling"]
     per_worker = values["tasksPerWorker"]
-    modifiers = so["advanced"]["scalingModifiers"]
-    # Then the composite metric adds every trigger and targets tasksPerWorker per worker
-    names = [t["name"] for t in so["triggers"]]
-    assert sorted(modifiers["formula"].split(" + ")) == sorted(names)
-    assert modifiers["metricType"] == "AverageValue"
-    assert int(modifiers["target"]) == per_worker
-    assert (so["minReplicaCount"], so["maxReplicaCount"]) == (0, values["maxReplicas"])
-    for depths in queue_depths():
-        replicas = desired_replicas(sum(depths.values()), per_worker, 0, so["maxReplicaCount"])
-        assert 0 <= replicas <= so["maxReplicaCount"]
-    assert desired_replicas(0, per_worker, 0, so["maxReplicaCount"]) == 0
+    activation = values["keda"]["activationTasks"]
+    assert activation > 0
+    low, high = so["minReplicaCount"], so["maxReplicaCount"]
+    assert (low, high) == (0, values["maxReplicas"])
+    # Then a work trigger and a running trigger read the exporter's sums, per worker, as AverageValue
+    triggers = {t["name"]: t for t in so["triggers"]}
+    assert set(triggers) == {"work", "running"}
+    for name, trigger in triggers.items():
+        meta = trigger["metadata"]
+        assert (trigger["type"], trigger["metricType"]) == ("metrics-api", "AverageValue")
+        assert (meta["format"], meta["valueLocation"]) == ("json", name)
+        assert int(meta["targetValue"]) == per_worker
+    # And work wakes the workers above activationTasks while running keeps them up above 0
+    assert triggers["work"]["metadata"]["activationTargetValue"] == str(activation)
+    assert triggers["running"]["metadata"]["activationTargetValue"] == "0"
+    assert "scalingModifiers" not in so.get("advanced", {})  # the exporter sums the queues already
+    # When KEDA's rules are applied to a range of loads (running <= work: running is part of work)
+    for loads in queue_loads():
+        work = sum(loads.values())
+        for running in {0, 1, work // 2, work}:
+            replicas = keda_replicas(work, running, triggers, low, high)
+            # Then it is the HPA's answer whenever KEDA is awake, and at least one while a task runs
+            assert 0 <= replicas <= high
+            if running > 0:
+                assert replicas >= 1
+            if work > activation or running > 0:
+                assert replicas == desired_replicas(work, per_worker, max(low, 1), high)
+    # And only idle, with no more waiting than activationTasks, does it sleep
+    assert keda_replicas(0, 0, triggers, low, high) == 0
+    assert keda_replicas(activation, 0, triggers, low, high) == 0
+    assert keda_replicas(1, 1, triggers, low, high) == 1
 
 
-def test_single_queue_keda_needs_no_modifier(helm: str) -> None:
-    so = rendered(helm, autoscaling__mode="keda", worker__queues=["default"]).one("ScaledObject")["spec"]
-    assert "scalingModifiers" not in so["advanced"]
-    [trigger] = so["triggers"]
-    assert trigger["metadata"]["listLength"] == "8"
+@pytest.mark.parametrize("mode", ["hpa", "keda"])
+@pytest.mark.parametrize(("concurrency", "tasks_per_worker", "target"), [(3, 0, 3), (8, 0, 8), (3, 20, 20)])
+def test_tasks_per_worker_defaults_to_the_worker_slots(
+    helm: str, mode: str, concurrency: int, tasks_per_worker: int, target: int
+) -> None:
+    result = rendered(
+        helm,
+        autoscaling__mode=mode,
+        worker__concurrency=concurrency,
+        autoscaling__tasksPerWorker=tasks_per_worker,
+    )
+    if mode == "hpa":
+        spec = result.one("HorizontalPodAutoscaler")["spec"]
+        targets = [m["external"]["target"]["averageValue"] for m in spec["metrics"]]
+    else:
+        targets = [t["metadata"]["targetValue"] for t in result.one("ScaledObject")["spec"]["triggers"]]
+    assert targets and {int(t) for t in targets} == {target}
 
 
 def test_one_behavior_block_feeds_either_mode(helm: str) -> None:
@@ -394,72 +427,68 @@ def test_one_behavior_block_feeds_either_mode(helm: str) -> None:
 
 
 @pytest.mark.parametrize("values_file", ["keda", "keda-tls-existing-secret"])
-def test_keda_triggers_count_exactly_the_ready_sets(helm: str, values_file: str) -> None:
+def test_keda_triggers_read_the_exporter_of_the_worker_queues(helm: str, values_file: str) -> None:
     # Given a keda ci file and its queues and key prefix
     values = values_file_yaml(ci(values_file))
     prefix = values.get("app", {}).get("keyPrefix", "conveyor")
     queues = values.get("worker", {}).get("queues", ["default", "emails"])
     result = rendered(helm, ci(values_file))
-    so = result.one("ScaledObject")
-    auth = result.one("TriggerAuthentication")
-    # Then there is one redis trigger per queue on {prefix}:queue:<name>, authenticated by the chart's
-    # TriggerAuthentication
-    triggers = so["spec"]["triggers"]
-    assert [t["type"] for t in triggers] == ["redis"] * len(queues)
-    assert sorted(t["metadata"]["listName"] for t in triggers) == sorted(
-        f"{{{prefix}}}:queue:{q}" for q in queues
-    )
-    assert {t["authenticationRef"]["name"] for t in triggers} == {auth["metadata"]["name"]}
-    for t in triggers:
-        assert re.fullmatch(r"\{[^{}]+\}:queue:[^:]+", t["metadata"]["listName"])
+    service = result.one("Service", "queue-metrics")
+    exporter = result.one("Deployment", "queue-metrics")
+    exporter_container = container(exporter["spec"]["template"]["spec"], "queue-metrics")
+    # Then every trigger calls /work on the exporter's Service by its cluster DNS name (KEDA runs in
+    # another namespace) and port, which leads to the exporter's health port
+    [port] = service["spec"]["ports"]
+    for trigger in result.one("ScaledObject")["spec"]["triggers"]:
+        assert "authenticationRef" not in trigger
+        url = urlsplit(trigger["metadata"]["url"])
+        assert (url.scheme, url.hostname, url.port, url.path) == (
+            "http",
+            f"{service['metadata']['name']}.{NAMESPACE}.svc",
+            port["port"],
+            "/work",
+        )
+    assert port["targetPort"] == "health"
+    [health] = [p for p in exporter_container["ports"] if p["name"] == "health"]
+    assert str(health["containerPort"]) == plain_env(exporter_container)["CONVEYOR_HEALTH_PORT"]
+    assert service["spec"]["selector"] == exporter["spec"]["selector"]["matchLabels"]
+    # And the exporter counts exactly the worker's queues under the worker's key prefix, metrics-only
+    exporter_env, worker_env = plain_env(exporter_container), plain_env(worker_container(result))
+    assert exporter_env["CONVEYOR_QUEUES"] == worker_env["CONVEYOR_QUEUES"] == ",".join(queues)
+    assert exporter_env["CONVEYOR_KEY_PREFIX"] == worker_env["CONVEYOR_KEY_PREFIX"] == prefix
+    assert exporter_env["CONVEYOR_METRICS_ONLY"] == "1"
+    assert exporter["spec"]["replicas"] == 1
 
 
-def test_keda_reads_credentials_from_the_chart_secret(helm: str) -> None:
-    # Given a password-protected URL on database 2 in the chart-made Secret
+def test_the_chart_secret_holds_only_the_redis_url(helm: str) -> None:
+    # Given a password-protected URL on database 2 in the chart-made Secret, in mode keda
     result = rendered(helm, ci("keda"))
     secret = result.one("Secret")
-    data = secret["stringData"]
-    assert data["redis-url"] == "redis://:s3cret@redis-master.data.svc:6379/2"
-    assert data["redis-address"] == "redis-master.data.svc:6379"
-    assert data["redis-password"] == "s3cret"
-    assert data["redis-username"] == ""
-    # Then every TriggerAuthentication reference names a key of that Secret
-    auth = result.one("TriggerAuthentication")["spec"]["secretTargetRef"]
-    assert {r["parameter"] for r in auth} == {"address", "username", "password"}
-    for ref in auth:
-        assert ref["name"] == secret["metadata"]["name"]
-        assert ref["key"] in data
-    for trigger in result.one("ScaledObject")["spec"]["triggers"]:
-        assert trigger["metadata"]["databaseIndex"] == "2"
-        assert trigger["metadata"]["enableTLS"] == "false"
-
-
-def test_tls_passes_through_to_keda(helm: str) -> None:
-    for result in (
-        rendered(helm, autoscaling__mode="keda", redis__url="rediss://u:p@cache.example:6380/0"),
-        rendered(helm, ci("keda-tls-existing-secret")),
-    ):
-        for trigger in result.one("ScaledObject")["spec"]["triggers"]:
-            assert trigger["metadata"]["enableTLS"] == "true"
-    assert (
-        rendered(helm, redis__url="rediss://u:p@cache.example:6380/0").one("Secret")["stringData"][
-            "redis-address"
-        ]
-        == "cache.example:6380"
-    )
+    # Then the Secret holds the URL alone: KEDA reads the exporter, so it needs no Redis credentials
+    assert secret["stringData"] == {"redis-url": "redis://:s3cret@redis-master.data.svc:6379/2"}
+    assert result.of_kind("TriggerAuthentication") == []
+    # And only pods of this chart read it
+    readers = {
+        name
+        for name, spec in result.pod_specs()
+        for c in spec["containers"]
+        for e in c.get("env", [])
+        if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == secret["metadata"]["name"]
+    }
+    assert {
+        worker_deployment(result)["metadata"]["name"],
+        result.one("Deployment", "queue-metrics")["metadata"]["name"],
+    } <= readers
 
 
 def test_existing_secret_is_used_and_none_is_made(helm: str) -> None:
     result = rendered(helm, ci("keda-tls-existing-secret"))
     assert result.of_kind("Secret") == []
-    [redis_url] = [e for e in worker_container(result)["env"] if e["name"] == "REDIS_URL"]
-    assert redis_url["valueFrom"]["secretKeyRef"] == {"name": "managed-redis", "key": "url"}
-    refs = result.one("TriggerAuthentication")["spec"]["secretTargetRef"]
-    assert {(r["parameter"], r["name"], r["key"]) for r in refs} == {
-        ("address", "managed-redis", "address"),
-        ("username", "managed-redis", "username"),
-        ("password", "managed-redis", "password"),
-    }
+    for name, spec in result.pod_specs():
+        for c in spec["containers"]:
+            [redis_url] = [e for e in c["env"] if e["name"] == "REDIS_URL"]
+            assert redis_url["valueFrom"]["secretKeyRef"] == {"name": "managed-redis", "key": "url"}, name
+    assert result.of_kind("TriggerAuthentication") == []
 
 
 def test_keda_may_scale_to_zero_but_hpa_may_not(helm: str) -> None:
@@ -504,27 +533,37 @@ def test_hpa_metric_comes_from_one_always_on_exporter(helm: str) -> None:
 
 
 def test_service_monitor_only_when_the_crd_exists(helm: str) -> None:
-    assert helm_template(helm, [ci("hpa")]).of_kind("ServiceMonitor") == []
-    assert (
-        len(helm_template(helm, [ci("hpa")], api_versions=[SERVICE_MONITOR_API]).of_kind("ServiceMonitor"))
-        == 1
-    )
-    assert (
-        helm_template(helm, [ci("keda")], api_versions=[SERVICE_MONITOR_API]).of_kind("ServiceMonitor") == []
-    )
+    for mode in ("hpa", "keda"):
+        assert helm_template(helm, [ci(mode)]).of_kind("ServiceMonitor") == []
+        with_crd = helm_template(helm, [ci(mode)], api_versions=[SERVICE_MONITOR_API])
+        assert len(with_crd.of_kind("ServiceMonitor")) == 1
+    # Mode none runs no exporter unless asked to, so there is nothing to scrape
+    none = helm_template(helm, [ci("none")], api_versions=[SERVICE_MONITOR_API])
+    assert none.of_kind("ServiceMonitor") == []
+    assert [
+        d for d in none.docs if d["kind"] == "Deployment" and "queue-metrics" in d["metadata"]["name"]
+    ] == []
+
+
+@pytest.mark.parametrize("mode", ["hpa", "keda"])
+def test_every_autoscaling_mode_runs_the_exporter(helm: str, mode: str) -> None:
+    result = rendered(helm, autoscaling__mode=mode)
+    assert result.one("Deployment", "queue-metrics")["spec"]["replicas"] == 1
+    assert result.one("Service", "queue-metrics")
 
 
 def test_prometheus_adapter_rule_serves_the_hpa_metric(helm: str) -> None:
-    # Given the rule shipped with the chart and the HPA's metric
+    # Given the rules shipped with the chart and the HPA's metric
     shipped = yaml.safe_load((CHART / "prometheus-adapter-values.yaml").read_text())
     result = rendered(helm, ci("hpa"))
     config_map = result.one("ConfigMap", "queue-metrics")
     assert yaml.safe_load(config_map["data"]["prometheus-adapter-values.yaml"]) == shipped
-    [rule] = shipped["rules"]["external"]
     external = result.one("HorizontalPodAutoscaler")["spec"]["metrics"][0]["external"]["metric"]
-    # Then the rule serves that name from that series, namespaced, one series per queue and service
-    assert rule["name"]["as"] == external["name"] == "conveyor_queue_ready"
-    assert rule["seriesQuery"].startswith("conveyor_queue_ready{")
+    [rule] = [r for r in shipped["rules"]["external"] if r["name"]["as"] == external["name"]]
+    # Then a rule serves that name from that series, namespaced, one series per queue and service
+    assert rule["name"]["as"] == external["name"] == "conveyor_queue_work"
+    assert rule["seriesQuery"].startswith("conveyor_queue_work{")
+    assert re.fullmatch(rule["name"]["matches"], external["name"])
     assert rule["resources"]["overrides"]["namespace"]["resource"] == "namespace"
     assert "<<.LabelMatchers>>" in rule["metricsQuery"]
     grouped = re.search(r"max by \(([^)]*)\)", rule["metricsQuery"])
@@ -547,7 +586,6 @@ def test_every_worker_setting_reaches_the_worker_as_env(helm: str) -> None:
     # Given values that turn every optional setting on
     result = rendered(
         helm,
-        worker__workerId="w-1",
         worker__allowedTaskModules=["exampleapp", "tests"],
         worker__podDeletionCost={"enabled": True},
         autoscaling__mode="hpa",
@@ -559,13 +597,31 @@ def test_every_worker_setting_reaches_the_worker_as_env(helm: str) -> None:
             result.one("Deployment", "queue-metrics")["spec"]["template"]["spec"], "queue-metrics"
         )["env"]
     }
-    # Then every documented variable is set on the worker (metrics-only: on the exporter)
+    # Then every documented variable is set on the worker (metrics-only: on the exporter), but the
+    # worker id, which each pod must pick for itself
+    assert "CONVEYOR_WORKER_ID" in documented
     for name in documented:
         if name == "CONVEYOR_METRICS_ONLY":
             assert name in exporter_env
             assert name not in env
+        elif name == "CONVEYOR_WORKER_ID":
+            assert name not in env | exporter_env
         else:
             assert name in env, name
+
+
+def test_no_pod_is_given_a_worker_id(helm: str) -> None:
+    # Given every ci file, and the defaults
+    results = [*render_all_modes(helm).values(), rendered(helm)]
+    for result in results:
+        # Then no container of the worker Deployment (or the exporter) sets CONVEYOR_WORKER_ID or
+        # --worker-id: each pod takes the worker's default, its pod name + a random suffix
+        worker = worker_container(result)
+        assert "CONVEYOR_WORKER_ID" not in {e["name"] for e in worker["env"]}
+        assert not [a for a in worker.get("args", []) if a.startswith("--worker-id")]
+        for _, spec in result.pod_specs():
+            for c in spec["containers"]:
+                assert "CONVEYOR_WORKER_ID" not in {e["name"] for e in c.get("env", [])}
 
 
 def test_worker_env_follows_values(helm: str) -> None:
@@ -702,11 +758,12 @@ def test_every_pod_is_hardened(helm: str) -> None:
 
 def test_pod_deletion_cost_wiring(helm: str) -> None:
     # Given the option on
-    result = rendered(helm, worker__podDeletionCost={"enabled": True})
+    result = rendered(helm, worker__podDeletionCost={"enabled": True, "admissionPolicy": True})
     pod = worker_deployment(result)["spec"]["template"]["spec"]
     worker = container(pod, "worker")
     env = {e["name"]: e for e in worker["env"]}
-    # Then the worker knows its pod and may patch pods in its namespace through its own account
+    # Then the worker knows its pod and may patch pods in its namespace through its own account,
+    # and do nothing else: PodDeletionCost never reads a pod, it only patches its own
     assert env["CONVEYOR_POD_DELETION_COST"]["value"] == "1"
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
@@ -715,7 +772,7 @@ def test_pod_deletion_cost_wiring(helm: str) -> None:
     binding = result.one("RoleBinding")
     assert pod["serviceAccountName"] == account["metadata"]["name"]
     assert pod["automountServiceAccountToken"] is True
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}]
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "Role",
@@ -724,13 +781,104 @@ def test_pod_deletion_cost_wiring(helm: str) -> None:
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": NAMESPACE}
     ]
-    # And without it there is no account, no RBAC and no token
-    off = rendered(helm)
+    # And without it there is no account, no RBAC, no policy and no token
+    off = helm_template(helm, api_versions=[ADMISSION_POLICY_API])
     assert off.of_kind("ServiceAccount") == off.of_kind("Role") == off.of_kind("RoleBinding") == []
+    assert off.of_kind("ValidatingAdmissionPolicy") == off.of_kind("ValidatingAdmissionPolicyBinding") == []
     off_pod = worker_deployment(off)["spec"]["template"]["spec"]
     assert off_pod["automountServiceAccountToken"] is False
     assert "serviceAccountName" not in off_pod
     assert "CONVEYOR_POD_DELETION_COST" not in {e["name"] for e in container(off_pod, "worker")["env"]}
+
+
+def admission_policy(helm: str, **values: object) -> tuple[Render, Manifest, Manifest]:
+    """Render ci/none-values.yaml (pod deletion cost on) on a cluster that serves the policy API."""
+    result = helm_template(
+        helm,
+        [ci("none")],
+        {k.replace("__", "."): v for k, v in values.items()},
+        api_versions=[ADMISSION_POLICY_API],
+    )
+    assert result.returncode == 0, result.stderr
+    return result, result.one("ValidatingAdmissionPolicy"), result.one("ValidatingAdmissionPolicyBinding")
+
+
+def test_admission_policy_pins_the_worker_to_its_own_pod_and_one_annotation(helm: str) -> None:
+    # Given pod deletion cost on a cluster that serves admissionregistration.k8s.io/v1
+    result, policy, binding = admission_policy(helm)
+    account = result.one("ServiceAccount")["metadata"]["name"]
+    spec = policy["spec"]
+    # Then the binding enforces the policy (Deny) in the release namespace only; both are
+    # cluster-scoped, so the namespace is part of their name
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": NAMESPACE
+    }
+    assert NAMESPACE in policy["metadata"]["name"]
+    assert "namespace" not in policy["metadata"] and "namespace" not in binding["metadata"]
+    # And it judges pod updates (what a PATCH is at admission) by the worker's ServiceAccount alone,
+    # failing closed
+    assert spec["failurePolicy"] == "Fail"
+    assert spec["matchConstraints"]["resourceRules"] == [
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods"]}
+    ]
+    [condition] = spec["matchConditions"]
+    assert condition["expression"] == (
+        f"request.userInfo.username == 'system:serviceaccount:{NAMESPACE}:{account}'"
+    )
+    variables = {v["name"]: " ".join(v["expression"].split()) for v in spec["variables"]}
+    rules = [" ".join(v["expression"].split()) for v in spec["validations"]]
+    assert all(v["message"] and "\n" not in v["message"] for v in spec["validations"])
+    # And the pod must be the one the caller's bound token names (not merely one in the namespace)
+    assert variables["tokenPods"] == (
+        "request.userInfo.?extra[?'authentication.kubernetes.io/pod-name'].orValue([])"
+    )
+    assert "object.metadata.name in variables.tokenPods" in rules
+    # And every annotation but the deletion cost must stay as it was: none added, changed or removed
+    assert variables["costKey"] == f"'{COST_ANNOTATION}'"
+    assert variables["newAnnotations"] == "object.metadata.?annotations.orValue({})"
+    assert variables["oldAnnotations"] == "oldObject.metadata.?annotations.orValue({})"
+    [annotations] = [r for r in rules if "variables.oldAnnotations.all(" in r]
+    assert "variables.newAnnotations.all(k, k == variables.costKey ||" in annotations
+    assert "variables.oldAnnotations[k] == variables.newAnnotations[k]" in annotations
+    assert (
+        "variables.oldAnnotations.all(k, k == variables.costKey || k in variables.newAnnotations)"
+        in annotations
+    )
+    # And so must the spec, labels, finalizers and owners
+    [rest] = [r for r in rules if "object.spec == oldObject.spec" in r]
+    for part in ("labels", "finalizers", "ownerReferences"):
+        assert f"object.metadata.?{part}.orValue(" in rest and f"oldObject.metadata.?{part}.orValue(" in rest
+    # And the cost it writes must be a whole number
+    [number] = [r for r in rules if ".matches(" in r]
+    assert "variables.newAnnotations[variables.costKey].matches('^[0-9]{1,9}$')" in number
+    assert len(rules) == 4
+
+
+@pytest.mark.parametrize("kube", SUPPORTED_KUBERNETES)
+def test_admission_policy_is_valid_for_every_kubernetes_we_target(helm: str, kube: str) -> None:
+    result = helm_template(helm, [ci("none")], kube_version=f"{kube}.0", api_versions=[ADMISSION_POLICY_API])
+    assert result.returncode == 0, result.stderr
+    for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
+        assert kubernetes_validate.validate(result.one(kind), kube, strict=True) == kube
+
+
+def test_admission_policy_only_where_the_api_is_served_and_wanted(helm: str) -> None:
+    # Without the API (Kubernetes 1.29, or helm template without --api-versions) only RBAC is made
+    bare = rendered(helm, ci("none"))
+    assert bare.of_kind("ValidatingAdmissionPolicy") == bare.of_kind("ValidatingAdmissionPolicyBinding") == []
+    assert bare.one("Role")
+    # And a release that may not make cluster-scoped objects can turn it off
+    off = helm_template(
+        helm,
+        [ci("none")],
+        {"worker.podDeletionCost.admissionPolicy": False},
+        api_versions=[ADMISSION_POLICY_API],
+    )
+    assert off.returncode == 0, off.stderr
+    assert off.of_kind("ValidatingAdmissionPolicy") == off.of_kind("ValidatingAdmissionPolicyBinding") == []
+    assert off.one("Role")
 
 
 # -- web, migrations, helm test ------------------------------------------------------------------------
@@ -795,7 +943,11 @@ def test_helm_test_pod_pings_redis(helm: str) -> None:
         ({"worker.replicas": -1}, "worker.replicas"),
         ({"autoscaling.minReplicas": -1}, "autoscaling.minReplicas"),
         ({"autoscaling.maxReplicas": 0}, "autoscaling.maxReplicas"),
-        ({"autoscaling.tasksPerWorker": 0}, "autoscaling.tasksPerWorker"),
+        ({"autoscaling.tasksPerWorker": -1}, "autoscaling.tasksPerWorker"),
+        ({"worker.workerId": "w-1"}, "workerId"),
+        ({"redis.secretKeys.address": "redis-address"}, "address"),
+        ({"autoscaling.keda.unsafeSsl": True}, "unsafeSsl"),
+        ({"worker.podDeletionCost.admissionPolicy": "yes"}, "admissionPolicy"),
         ({"worker.concurrency": 0}, "worker.concurrency"),
         ({"worker.concurrency": "8"}, "worker.concurrency"),
         ({"worker.healthPort": 0}, "worker.healthPort"),
@@ -827,6 +979,12 @@ def test_schema_rejects_bad_values(helm: str, values: dict[str, object], message
         ),
         ({"autoscaling.mode": "keda", "worker.queues": ["*"]}, "must list plain queue names"),
         ({"autoscaling.mode": "hpa", "worker.queues": ["default", "-emails"]}, "must list plain queue names"),
+        (
+            {"worker.extraEnv": [{"name": "CONVEYOR_WORKER_ID", "value": "w-1"}]},
+            "must not set CONVEYOR_WORKER_ID",
+        ),
+        ({"worker.extraArgs": ["--worker-id", "w-1"]}, "must not pass --worker-id"),
+        ({"worker.extraArgs": ["--concurrency=2", "--worker-id=w-1"]}, "must not pass --worker-id"),
     ],
 )
 def test_chart_rejects_inconsistent_values(helm: str, values: dict[str, object], message: str) -> None:
@@ -849,7 +1007,7 @@ def test_every_value_is_documented_and_listed_in_the_readme() -> None:
     assert len(documented) > 80
 
 
-def render_notes(helm: str, tmp_path: Path, values_file: Path) -> str:
+def render_notes(helm: str, tmp_path: Path, values_file: Path, *api_versions: str) -> str:
     """Render NOTES.txt (helm template skips it) by wrapping it in a template of a chart copy."""
     chart = tmp_path / "conveyor"
     shutil.copytree(CHART, chart)
@@ -868,6 +1026,7 @@ def render_notes(helm: str, tmp_path: Path, values_file: Path) -> str:
             str(values_file),
             "-s",
             "templates/zz-notes.yaml",
+            *(arg for api in api_versions for arg in ("--api-versions", api)),
         ],
         capture_output=True,
         text=True,
@@ -897,3 +1056,28 @@ def test_notes_tell_how_to_watch_each_mode(helm: str, tmp_path: Path, mode: str,
         if other_mode != mode:
             assert other not in notes
     assert f"helm test -n {NAMESPACE} rel" in notes
+
+
+@pytest.mark.parametrize(
+    ("mode", "reads"),
+    [
+        ("hpa", f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{NAMESPACE}/conveyor_queue_work"),
+        ("keda", "curl -s http://localhost:8080/work"),
+    ],
+)
+def test_notes_show_what_the_autoscaler_reads(helm: str, tmp_path: Path, mode: str, reads: str) -> None:
+    notes = render_notes(helm, tmp_path, ci(mode))
+    assert reads in notes
+    assert "ready + due scheduled + running" in notes
+    values = values_file_yaml(ci(mode))
+    per_worker = values["autoscaling"].get("tasksPerWorker") or values["worker"]["concurrency"]
+    assert f"{per_worker} tasks per worker" in notes
+
+
+def test_notes_warn_when_pod_deletion_cost_runs_without_its_admission_policy(
+    helm: str, tmp_path: Path
+) -> None:
+    warning = "may patch every pod in namespace"
+    assert warning in render_notes(helm, tmp_path / "bare", ci("none"))
+    assert warning not in render_notes(helm, tmp_path / "served", ci("none"), ADMISSION_POLICY_API)
+    assert warning not in render_notes(helm, tmp_path / "off", ci("hpa"))

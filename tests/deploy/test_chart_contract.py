@@ -7,6 +7,7 @@ process against a real redis-server, with the example project on PYTHONPATH as t
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -15,8 +16,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import redis
+from conveyor.keys import Keys
 
 from tests.deploy.helm_chart import ROOT, Manifest, Render, container, rendered
 from tests.redis_server import RedisProcess, free_port
@@ -213,3 +217,86 @@ def test_rendered_queue_metrics_exporter_publishes_the_hpa_metric(
         assert f'{external["name"]}{{queue="{queue}"}}' in samples, metrics
     assert samples[f'{external["name"]}{{queue="default"}}'] == 1
     assert samples[f'{external["name"]}{{queue="emails"}}'] == 0
+
+
+def plant_work(url: str, prefix: str) -> dict[str, dict[str, int]]:
+    """Put task ids straight into the queue sets by the server clock; return the counts to expect."""
+    keys = Keys(prefix)
+    client = redis.Redis.from_url(url)
+    seconds, micros = client.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    pipe = client.pipeline()
+    pipe.zadd(keys.ready("default"), {"ready-1": 1, "ready-2": 2, "ready-3": 3})
+    pipe.zadd(
+        keys.scheduled("default"),
+        {"due-1": now_ms - 60_000, "due-2": now_ms - 1, "later-1": now_ms + 3_600_000},
+    )
+    pipe.zadd(keys.running("default"), {"running-1": now_ms + 30_000})
+    # A lease that has run out is still work: a worker must come and reclaim it
+    pipe.zadd(keys.running("emails"), {"running-2": now_ms - 5_000})
+    pipe.zadd(keys.scheduled("emails"), {"later-2": now_ms + 60_000})
+    pipe.sadd(keys.queues, "default", "emails")
+    pipe.execute()
+    client.close()
+    return {
+        "default": {"ready": 3, "due": 2, "running": 1, "work": 6},
+        "emails": {"ready": 0, "due": 0, "running": 1, "work": 1},
+    }
+
+
+def exporter_spec(result: Render) -> tuple[Manifest, Manifest]:
+    exporter = result.one("Deployment", "queue-metrics")
+    pod = exporter["spec"]["template"]["spec"]
+    return pod, container(pod, "queue-metrics")
+
+
+@pytest.mark.parametrize("mode", ["hpa", "keda"])
+def test_the_autoscaler_reads_ready_due_and_running_tasks_from_the_rendered_exporter(
+    helm: str, own_redis: RedisProcess, tmp_path: Path, mode: str
+) -> None:
+    # Given the queue-metrics container of this mode, as rendered, and what its autoscaler reads
+    result = rendered(helm, autoscaling__mode=mode)
+    pod, spec = exporter_spec(result)
+    env = container_env(spec, own_redis.url)
+    # And, with no worker anywhere, ready, due, future and running tasks in Redis under its prefix
+    expected = plant_work(own_redis.url, env["CONVEYOR_KEY_PREFIX"])
+    queues = env["CONVEYOR_QUEUES"].split(",")
+    assert sorted(queues) == sorted(expected)
+    port = free_port()
+    log = tmp_path / "queue-metrics.log"
+    proc = start(spec, process_env(env, CONVEYOR_HEALTH_PORT=str(port)), log)
+    try:
+        status, body = wait_for(f"http://127.0.0.1:{port}/readyz", proc, log)
+        assert status == 200, f"{body}\n{log.read_text()}"
+        if mode == "hpa":
+            # When the HPA's metric is scraped
+            external = result.one("HorizontalPodAutoscaler")["spec"]["metrics"][0]["external"]
+            status, metrics = http_get(f"http://127.0.0.1:{port}/metrics")
+            assert status == 200
+            samples = {
+                line.split(" ")[0]: float(line.split(" ")[1])
+                for line in metrics.splitlines()
+                if line.startswith(external["metric"]["name"] + "{")
+            }
+            # Then each queue's series is its ready + due + running tasks (not the future ones)
+            for queue in queues:
+                name = f'{external["metric"]["name"]}{{queue="{queue}"}}'
+                assert samples[name] == expected[queue]["work"], metrics
+            # And the HPA, adding the series and dividing by the worker's slots, asks for enough workers
+            total = sum(samples.values())
+            assert total == 7
+            assert math.ceil(total / float(external["target"]["averageValue"])) == 1
+        else:
+            # When KEDA calls each trigger's URL (on our port) and reads its valueLocation
+            for trigger in result.one("ScaledObject")["spec"]["triggers"]:
+                meta = trigger["metadata"]
+                status, body = http_get(f"http://127.0.0.1:{port}{urlsplit(meta['url']).path}")
+                assert status == 200, body
+                document = json.loads(body)
+                # Then work is ready + due + running summed over the queues, and running is in flight
+                value = document[meta["valueLocation"]]
+                assert value == {"work": 7, "running": 2}[trigger["name"]]
+            assert document["queues"] == expected
+            assert (document["ready"], document["due"]) == (3, 2)
+    finally:
+        stop(proc, float(pod["terminationGracePeriodSeconds"]))

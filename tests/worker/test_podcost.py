@@ -129,3 +129,33 @@ def test_the_worker_reports_its_busy_slots_as_they_change(backend: object, make_
     assert max(seen) >= 1
     assert seen[-1] == 0
     assert all(0 <= n <= 2 for n in seen)
+
+
+class OnlyPatch(FakeCoreV1):
+    """A CoreV1 stand-in that records every API method the code looks up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.looked_up: set[str] = set()
+
+    def __getattribute__(self, name: str) -> Any:
+        if not name.startswith("_") and name not in {"calls", "fail", "values", "looked_up"}:
+            object.__getattribute__(self, "looked_up").add(name)
+        return object.__getattribute__(self, name)
+
+
+def test_the_only_api_call_is_a_patch_of_one_annotation_on_its_own_pod() -> None:
+    """What the chart's Role (verbs: patch) and admission policy allow is all the worker uses."""
+    api = OnlyPatch()
+    cost = PodDeletionCost(api, "worker-0", "jobs", min_interval=0.05)
+    for busy in (1, 0, 2):
+        cost.update(busy)
+        wait_until(lambda b=busy: api.values()[-1:] == [str(b)], what=f"the patch to {busy}")
+    cost.stop()
+    assert api.looked_up == {"patch_namespaced_pod"}
+    assert {(name, namespace) for _, name, namespace, _ in api.calls} == {("worker-0", "jobs")}
+    assert all(
+        body == {"metadata": {"annotations": {ANNOTATION: body["metadata"]["annotations"][ANNOTATION]}}}
+        for *_, body in api.calls
+    )
+    assert all(value.isdigit() for value in api.values())

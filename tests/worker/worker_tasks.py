@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -78,3 +80,21 @@ def slow_first_time(path: str, seconds: float) -> str:
         time.sleep(seconds)
         return "slow"
     return "fast"
+
+
+@task()
+def log_run(path: str, key: str, seconds: float) -> str:
+    """Append "start" and "end" lines (key, pid, wall-clock time) around a sleep: a ledger of runs."""
+    with Path(path).open("a") as fh:
+        fh.write(f"start {key} {os.getpid()} {time.time():.6f}\n")
+    time.sleep(seconds)
+    with Path(path).open("a") as fh:
+        fh.write(f"end {key} {os.getpid()} {time.time():.6f}\n")
+    return key
+
+
+@task()
+def kill_own_worker_after(seconds: float) -> None:
+    """Sleep, then kill the worker process running this task (a poison pill beside other tasks)."""
+    time.sleep(seconds)
+    os.kill(os.getpid(), signal.SIGKILL)

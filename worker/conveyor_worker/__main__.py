@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -11,18 +12,14 @@ import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from .settings import WorkerSettings, fail, load_or_exit
 
+if TYPE_CHECKING:
+    from .probes import Probes
+
 logger = logging.getLogger("conveyor_worker")
-
-
-def default_allowed_modules() -> tuple[str, ...]:
-    """Return the project's INSTALLED_APPS modules, less Django's own."""
-    from django.apps import apps
-
-    names = [cfg.name for cfg in apps.get_app_configs() if not cfg.name.startswith("django.")]
-    return tuple(names)
 
 
 def _setup_django(settings: WorkerSettings) -> object:
@@ -53,6 +50,23 @@ def _setup_django(settings: WorkerSettings) -> object:
     return backend
 
 
+def _serve_probes(probes: Probes, settings: WorkerSettings) -> int:
+    """Start the probe server; a port it cannot bind exits with status 2 and one line."""
+    try:
+        return probes.start(settings.health_host, settings.health_port)
+    except OSError as exc:
+        where = f"{settings.health_host}:{settings.health_port}"
+        if exc.errno == errno.EADDRINUSE:
+            fail(
+                f"health port {where} is already in use (another conveyor-worker on this host?); "
+                "choose a free one with --health-port / CONVEYOR_HEALTH_PORT, or 0 to turn the probes off"
+            )
+        fail(
+            f"cannot serve the health port on {where}: {exc.strerror or exc}; check --health-host / "
+            "CONVEYOR_HEALTH_HOST and --health-port / CONVEYOR_HEALTH_PORT"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the worker process; return its exit code."""
     settings = load_or_exit(sys.argv[1:] if argv is None else argv, os.environ)
@@ -69,11 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     assert isinstance(backend, RedisBackend)
     configure_logging(settings.log_format, settings.log_level)
-    allowed = settings.allowed_task_modules or default_allowed_modules()
+    allowed = settings.allowed_task_modules or backend.allowed_task_modules()
     if not allowed:
         fail(
-            "CONVEYOR_ALLOWED_TASK_MODULES (--allowed-task-modules) is empty and INSTALLED_APPS "
-            "has no project app to default to"
+            "CONVEYOR_ALLOWED_TASK_MODULES (--allowed-task-modules) is empty, OPTIONS has no "
+            "ALLOWED_TASK_MODULES, and INSTALLED_APPS has no project app to default to"
         )
     pool_size = max(backend.settings.max_connections, settings.concurrency + 8)
     store = Store(
@@ -100,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         alive=worker.alive,
         ready=lambda: worker.ready or (settings.metrics_only and worker.state is State.READY),
     )
-    port = probes.start(settings.health_host, settings.health_port) if settings.health_port else None
+    port = _serve_probes(probes, settings) if settings.health_port else None
 
     signals_seen = []
 

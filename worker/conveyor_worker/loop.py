@@ -505,8 +505,19 @@ class Worker:
                         continue
                     if claimed is None:
                         break
-                self._execute(claimed)
+                try:
+                    self._execute(claimed)
+                except BaseException:
+                    self._abandon(claimed)
+                    raise
             self._land(local)
+
+    def _abandon(self, claimed: Claimed) -> None:
+        """After this thread crashed: give back a claimed task that never got as far as running."""
+        with self._cond:
+            started = claimed.task_id in self._running
+        if not started:
+            self._give_back(claimed.task_id, claimed.queue, claimed.token, started=False)
 
     def _idle_until_woken(self, local: threading.local) -> bool:
         """Wait for the main thread's wake; False once this processor must stop taking work."""

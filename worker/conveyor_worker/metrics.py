@@ -1,11 +1,11 @@
-"""In-process counters and a duration histogram, rendered in Prometheus text format."""
+"""In-process counters and a duration histogram in Prometheus text format; queue work for KEDA."""
 
 from __future__ import annotations
 
 import threading
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import accumulate
 
 from conveyor.store import QueueStats
@@ -17,6 +17,23 @@ COUNTERS = {
     "failed": "Tasks that finished FAILED (after their last attempt).",
     "retried": "Failed attempts scheduled to run again.",
 }
+
+# The per-queue gauges read from Redis on scrape. conveyor_queue_work is what the autoscalers divide
+# by the worker's slots: every task that wants a slot now, waiting or running.
+QUEUE_GAUGES: tuple[tuple[str, str, Callable[[QueueStats], int]], ...] = (
+    ("queue_ready", "Tasks ready to run.", lambda s: s.ready),
+    ("queue_scheduled", "Tasks waiting for run_after or a retry backoff, due or not.", lambda s: s.scheduled),
+    ("queue_due", "Scheduled tasks whose time has come, not yet made ready by a worker.", lambda s: s.due),
+    ("queue_running", "Tasks claimed by a worker (in flight).", lambda s: s.running),
+    ("queue_work", "Tasks that want a worker slot now: ready + due + running.", lambda s: s.work),
+)
+
+
+def work_document(stats: Iterable[QueueStats]) -> dict[str, object]:
+    """Return /work: per-queue counts and their sums, the numbers KEDA's metrics-api scaler reads."""
+    queues = {s.queue: {"ready": s.ready, "due": s.due, "running": s.running, "work": s.work} for s in stats}
+    totals = {name: sum(q[name] for q in queues.values()) for name in ("ready", "due", "running", "work")}
+    return {**totals, "queues": queues}
 
 
 def _label(value: str) -> str:
@@ -56,7 +73,7 @@ class Metrics:
         with self._lock:
             return self._counts[(name, queue)]
 
-    def render(self, stats: Iterable[QueueStats] | None, server_now_ms: int | None, up: bool) -> str:
+    def render(self, stats: Iterable[QueueStats] | None, up: bool) -> str:
         """Return the Prometheus exposition text."""
         out: list[str] = []
 
@@ -68,20 +85,15 @@ class Metrics:
         out.append(f"conveyor_worker_up {int(up)}")
         if stats is not None:
             stats = list(stats)
-            gauges = (
-                ("queue_ready", "Tasks ready to run.", "ready"),
-                ("queue_scheduled", "Tasks waiting for run_after or a retry backoff.", "scheduled"),
-                ("queue_running", "Tasks claimed by a worker (in flight).", "running"),
-            )
-            for name, help_text, attr in gauges:
+            for name, help_text, count in QUEUE_GAUGES:
                 family(name, "gauge", help_text)
                 for s in stats:
-                    out.append(f'conveyor_{name}{{queue="{_label(s.queue)}"}} {getattr(s, attr)}')
+                    out.append(f'conveyor_{name}{{queue="{_label(s.queue)}"}} {count(s)}')
             family("queue_oldest_ready_age_seconds", "gauge", "Age of the oldest ready task.")
             for s in stats:
                 age = 0.0
-                if s.oldest_ready_ms is not None and server_now_ms is not None:
-                    age = max(0.0, (server_now_ms - s.oldest_ready_ms) / 1000)
+                if s.oldest_ready_ms is not None:
+                    age = max(0.0, (s.read_at_ms - s.oldest_ready_ms) / 1000)
                 out.append(f'conveyor_queue_oldest_ready_age_seconds{{queue="{_label(s.queue)}"}} {age:.3f}')
         with self._lock:
             counts = dict(self._counts)

@@ -78,23 +78,6 @@ securityContext:
 
 {{/* Redis ------------------------------------------------------------------------------------ */}}
 
-{{/* True when TLS is on: a rediss:// url of the chart-made Secret, or redis.tls with existingSecret. */}}
-{{- define "conveyor.redisTLS" -}}
-{{- if .Values.redis.existingSecret -}}
-{{- ternary "true" "false" .Values.redis.tls -}}
-{{- else -}}
-{{- ternary "true" "false" (or .Values.redis.tls (eq (urlParse .Values.redis.url).scheme "rediss")) -}}
-{{- end -}}
-{{- end -}}
-
-{{- define "conveyor.redisDatabase" -}}
-{{- if .Values.redis.existingSecret -}}
-{{- .Values.redis.database -}}
-{{- else -}}
-{{- default "0" (trimPrefix "/" (urlParse .Values.redis.url).path) -}}
-{{- end -}}
-{{- end -}}
-
 {{- define "conveyor.redisUrlEnv" -}}
 - name: REDIS_URL
   valueFrom:
@@ -125,10 +108,6 @@ securityContext:
   value: {{ join "," $w.queues | quote }}
 - name: CONVEYOR_CONCURRENCY
   value: {{ $w.concurrency | quote }}
-{{- if $w.workerId }}
-- name: CONVEYOR_WORKER_ID
-  value: {{ $w.workerId | quote }}
-{{- end }}
 - name: CONVEYOR_BATCH
   value: {{ ternary "1" "0" $w.batch | quote }}
 - name: CONVEYOR_MAX_TASKS
@@ -184,8 +163,18 @@ readinessProbe:
 {{- if ne $a.mode "none" -}}
 {{- range $w.queues -}}
 {{- if or (eq . "*") (hasPrefix "-" .) -}}
-{{- fail (printf "worker.queues entry %q: autoscaling.mode=%s counts each queue's ready set, so worker.queues must list plain queue names (no '*' or '-name')." . $a.mode) -}}
+{{- fail (printf "worker.queues entry %q: autoscaling.mode=%s counts each queue's work, so worker.queues must list plain queue names (no '*' or '-name')." . $a.mode) -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $w.extraEnv -}}
+{{- if eq .name "CONVEYOR_WORKER_ID" -}}
+{{- fail "worker.extraEnv must not set CONVEYOR_WORKER_ID: every replica would share one id. Each pod takes the worker's default (its pod name + a random suffix)." -}}
+{{- end -}}
+{{- end -}}
+{{- range $w.extraArgs -}}
+{{- if or (eq . "--worker-id") (hasPrefix "--worker-id=" .) -}}
+{{- fail "worker.extraArgs must not pass --worker-id: every replica would share one id. Each pod takes the worker's default (its pod name + a random suffix)." -}}
 {{- end -}}
 {{- end -}}
 {{- if and (not .Values.redis.existingSecret) (not (has (urlParse .Values.redis.url).scheme (list "redis" "rediss"))) -}}
@@ -193,11 +182,20 @@ readinessProbe:
 {{- end -}}
 {{- end -}}
 
-{{/* The ready set of one queue, as docs/worker-interface.md defines it: {<prefix>}:queue:<name>. */}}
-{{- define "conveyor.readyKey" -}}
-{{- printf "{%s}:queue:%s" .prefix .queue -}}
+{{/* Autoscaling ------------------------------------------------------------------------------ */}}
+
+{{/* The exporter runs whenever something scales on it, or when asked for. */}}
+{{- define "conveyor.queueMetricsEnabled" -}}
+{{- if or .Values.queueMetrics.enabled (ne .Values.autoscaling.mode "none") }}true{{ end -}}
 {{- end -}}
 
-{{- define "conveyor.queueMetricsEnabled" -}}
-{{- if or .Values.queueMetrics.enabled (eq .Values.autoscaling.mode "hpa") }}true{{ end -}}
+{{/* Work one worker should hold: autoscaling.tasksPerWorker, or worker.concurrency (one task per slot). */}}
+{{- define "conveyor.tasksPerWorker" -}}
+{{- $set := int .Values.autoscaling.tasksPerWorker -}}
+{{- ternary $set (int .Values.worker.concurrency) (gt $set 0) -}}
+{{- end -}}
+
+{{/* The exporter's JSON view of the queues' work, as KEDA (in another namespace) reaches it. */}}
+{{- define "conveyor.workURL" -}}
+{{- printf "http://%s.%s.svc:%v/work" (include "conveyor.componentName" (dict "root" . "component" "queue-metrics")) .Release.Namespace .Values.queueMetrics.service.port -}}
 {{- end -}}
