@@ -292,3 +292,43 @@ def test_a_processor_that_crashes_gives_back_what_it_claimed(
     assert crashed
     assert [d.status for d in done] == [TaskResultStatus.SUCCESSFUL] * 6
     assert all(d.errors == [] and d.attempts == 1 for d in done)
+
+
+# -- 8. two projects on one prefix --------------------------------------------------------
+
+
+def test_a_worker_refuses_a_prefix_that_another_project_owns(
+    backend: object, make_worker: WorkerFactory
+) -> None:
+    """Given another project claimed the key prefix, the worker exits 2 before it claims anything."""
+    b = real_backend()
+    b.store.call(lambda c: c.set(b.keys.project, "someone-else"))
+    result = tasks.noop_task.enqueue()
+
+    handle = make_worker(batch=True).start()
+
+    assert handle.join() == 2
+    assert status_of(b, result.id) == "READY"
+
+
+def test_the_first_worker_names_its_project_and_the_next_ones_agree(
+    backend: object, run_batch: BatchRunner
+) -> None:
+    """The marker is written once, by whoever comes first, and the same project passes."""
+    b = real_backend()
+    run_batch()
+    run_batch()
+    assert b.store.project_owner() == b.project_name() == "tests"
+
+
+@pytest.mark.subprocess
+def test_a_worker_that_never_lost_redis_logs_no_recovery(backend: object, spawn_worker: SpawnWorker) -> None:
+    """redis_recovered is for an outage that ended, not for every start."""
+    b = real_backend()
+    result = tasks.calculate_meaning_of_life.enqueue()
+    w = spawn_worker("--concurrency", "1")
+    wait_finished(b, result.id)
+    w.send(signal.SIGTERM)
+    assert w.wait_exit() == 0
+    assert w.events("redis_recovered") == []
+    assert w.events("redis_unavailable") == []
