@@ -132,6 +132,8 @@ class Store:
         self._held = threading.local()  # a connection a worker thread keeps (hold_connection)
         self._spare: list[Any] = []  # connections run() reuses, last in first out
         self._spare_pid = os.getpid()
+        # A claim's memo outlives any wait for its reply (a replay comes after a timeout at most).
+        self._memo_ms = max(10_000, int(3000 * (options.socket_timeout + options.connect_timeout)))
 
     # -- connections -------------------------------------------------------------
 
@@ -296,7 +298,7 @@ class Store:
         keys = [self.keys.task_prefix, self.keys.claim_memo(claim_id)]
         for queue in queues:
             keys += (self.keys.ready(queue), self.keys.ready_since(queue), self.keys.running(queue))
-        return ScriptCall(name="claim", keys=keys, args=[worker_id, lease_ms, count])
+        return ScriptCall(name="claim", keys=keys, args=[worker_id, lease_ms, count, self._memo_ms])
 
     @staticmethod
     def parse_claimed(flat: Sequence[Any], queues: Sequence[str]) -> tuple[list[Claimed], int]:

@@ -5,7 +5,8 @@
 -- For queue i = 0..n-1: KEYS[3+3i] ready zset, KEYS[4+3i] ready-since zset,
 --                       KEYS[5+3i] running zset (score = lease deadline in ms)
 -- ARGV[1] worker id ([A-Za-z0-9._:-] only)   ARGV[2] lease length in ms
--- ARGV[3] most tasks to claim
+-- ARGV[3] most tasks to claim   ARGV[4] how long the memo is kept, in ms (longer than a
+--         client waits for a reply before it sends the call again)
 -- Returns a flat array {id1, queue index1 (0-based), {field, value, ...}, id2, ...,
 -- waiting}: the claimed tasks, then how many tasks are still ready in these queues.
 -- Each delivery gets its own fencing token in the "owner" field, "<worker id>#<fence>",
@@ -130,7 +131,7 @@ while claimed < limit and pops < limit * 2 + 8 do
 end
 local waiting = 0
 if claimed > 0 then
-  redis.call('SET', KEYS[2], cjson.encode(memo_out), 'PX', math.max(tonumber(ARGV[2]), 10000))
+  redis.call('SET', KEYS[2], cjson.encode(memo_out), 'PX', ARGV[4])
   for i = 0, nq - 1 do
     if heads[i] ~= false then -- a queue read empty above is still empty
       waiting = waiting + redis.call('ZCARD', KEYS[3 + 3 * i])
