@@ -740,6 +740,10 @@ class Worker:
             self._land_stale(older_than=0.0)
             self._flush_deferred()
             with self._cond:
+                if not self._accepting():  # draining: it goes back unstarted, still to run alone
+                    self._alone = None
+                    self._cond.notify_all()
+                    return False
                 if not self._running and not self._ahead and not self._in_flight:
                     self._alone_running = True
                     return True
