@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import accumulate, chain
 from typing import Any
 
 from django.tasks.base import Task, TaskError, TaskResult, TaskResultStatus
 from django.utils.json import normalize_json
 
 from .exceptions import CorruptRecord, PayloadTooLarge
+from .options import DEFAULT_MAX_NESTING, MAX_NESTING_CEILING
 
 VERSION = "1"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -71,8 +73,105 @@ def from_micros(micros: int) -> datetime:
     return EPOCH + timedelta(0, 0, micros)  # days, seconds, microseconds: cheaper than keywords
 
 
-def encode_payload(args: Any, kwargs: Any, limit: int) -> tuple[str, str]:
-    """Encode already-normalised args and kwargs; refuse what JSON cannot round-trip."""
+# -- nesting -----------------------------------------------------------------------
+# Encoding, decoding and Django's normalize_json() recurse once per level of lists and
+# dicts, so a value nested thousands deep raises RecursionError wherever it goes. Values
+# are measured without recursing before any of them run: Python values by walking them
+# with a stack, stored JSON by counting brackets outside strings.
+
+_LEAVES = frozenset({str, int, float, bool, type(None), bytes})
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Tell whether lists and dicts nest over limit levels in value, walked the way normalize_json() does."""
+    stack: list[tuple[Any, int]] = [(value, 0)]  # (a value, how many containers hold it)
+    pop, push = stack.pop, stack.append
+    while stack:
+        item, depth = pop()
+        kind = type(item)
+        if kind is list or kind is tuple:
+            children: Any = item
+        elif kind is dict or isinstance(item, Mapping):
+            children = chain(item.keys(), item.values())  # normalize_json() walks keys too
+        elif isinstance(item, Sequence) and not isinstance(item, (str, bytes)):
+            children = item
+        else:
+            continue  # a scalar, or a type normalize_json() refuses with its own error
+        if depth == limit:
+            return True  # a container below limit containers is one level too many
+        depth += 1
+        for child in children:
+            if type(child) not in _LEAVES:
+                push((child, depth))
+    return False
+
+
+def check_nesting(args: Any, kwargs: Any, max_nesting: int) -> None:
+    """Raise TypeError if an argument nests deeper than max_nesting (raw or normalised, never recursing)."""
+    # args and kwargs themselves are the one level above the arguments.
+    if _nested_deeper_than(args, max_nesting + 1) or _nested_deeper_than(kwargs, max_nesting + 1):
+        raise TypeError(f"Task arguments are nested deeper than MAX_NESTING={max_nesting}.")
+
+
+# A field holds its own list or dict around values nested up to the largest MAX_NESTING;
+# anything deeper was not written by conveyor and is refused before it is parsed.
+_READ_NESTING = MAX_NESTING_CEILING + 1
+_NOT_MARKS = bytes(sorted(set(range(256)) - set(b'"[]{}')))  # all but quotes and brackets
+_TO_PARENS = bytes.maketrans(b"[{]}", b"(())")
+_STEP = {ord("("): 1, ord(")"): -1}
+
+
+def _text_deeper_than(raw: bytes, limit: int) -> bool:
+    """Tell whether JSON text nests more than limit levels, counting brackets outside strings."""
+    if len(raw) <= limit:
+        return False
+    marks = raw.translate(None, _NOT_MARKS)
+    # Each level needs an opening bracket; counting them rules out nearly every text at once.
+    if marks.count(b"[") + marks.count(b"{") <= limit:
+        return False
+    if b"\\" in raw:  # escapes occur only inside strings; drop \\ and \" so quotes pair up
+        marks = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_MARKS)
+    # Dropping "" (a string without brackets, or the quotes between two strings) keeps every
+    # bracket on its side of a string; split off what strings remain.
+    marks = marks.replace(b'""', b"")
+    if b'"' in marks:
+        marks = b"".join(marks.split(b'"')[::2])  # a string left open runs to the end
+    parens = marks.translate(_TO_PARENS)
+    # Walk in pieces: one whose openers cannot lift the depth it starts at past limit is
+    # only counted; a smaller piece that might is summed bracket by bracket.
+    count = parens.count
+    depth, start, size = 0, 0, 4096
+    while start < len(parens):
+        stop = min(start + size, len(parens))
+        opened = count(b"(", start, stop)
+        if depth + opened > limit:
+            if size > max(limit, 1):
+                size //= 2
+                continue
+            if depth + max(accumulate(map(_STEP.__getitem__, parens[start:stop]))) > limit:
+                return True
+        else:
+            size *= 2
+        depth += 2 * opened - (stop - start)  # the rest of the piece closes
+        start = stop
+    return False
+
+
+def _parse_field(name: str, text: str) -> Any:
+    """Parse one JSON field, refusing text nested deeper than conveyor writes before parsing it."""
+    if len(text) > _READ_NESTING and _text_deeper_than(text.encode(errors="surrogatepass"), _READ_NESTING):
+        raise CorruptRecord(f"field {name!r} is nested deeper than {_READ_NESTING} levels")
+    return json.loads(text)
+
+
+# -- encoding ------------------------------------------------------------------------
+
+
+def encode_payload(
+    args: Any, kwargs: Any, limit: int, *, max_nesting: int = DEFAULT_MAX_NESTING
+) -> tuple[str, str]:
+    """Encode already-normalised args and kwargs; refuse what JSON cannot round-trip or nests too deep."""
+    check_nesting(args, kwargs, max_nesting)
     try:
         args_json, kwargs_json = dumps(args), dumps(kwargs)
     except ValueError as exc:
@@ -103,8 +202,12 @@ def _only_string_keys(args_json: str, kwargs_json: str, kwargs: Any) -> bool:
     )
 
 
-def encode_return_value(value: Any) -> tuple[Any, str]:
+def encode_return_value(value: Any, *, max_nesting: int = DEFAULT_MAX_NESTING) -> tuple[Any, str]:
     """Normalise and encode a task's return value; raise TypeError if JSON cannot hold it."""
+    if _nested_deeper_than(value, max_nesting):
+        raise TypeError(
+            f"Task return value cannot be stored as JSON: it is nested deeper than MAX_NESTING={max_nesting}."
+        )
     try:
         normalized = normalize_json(value)
         return normalized, dumps(normalized)
@@ -172,7 +275,7 @@ def _json(fields: Mapping[str, str], name: str, kind: type, default: str | None 
     """Return a JSON field, checking the type of its top level."""
     text = _text(fields, name, required=default is None) or default or ""
     try:
-        value = json.loads(text)
+        value = _parse_field(name, text)
     except json.JSONDecodeError as exc:
         raise CorruptRecord(f"field {name!r} is not valid JSON") from exc
     if not isinstance(value, kind):
@@ -270,6 +373,8 @@ def _plain_json(raw: bytes) -> Any:
     """Parse JSON text that json.loads() reads the same way; raise ValueError for any other."""
     # json.loads() skips surrounding whitespace around raw_decode(), which costs more than
     # parsing a short text; text with leading or trailing whitespace is refused instead.
+    if len(raw) > _READ_NESTING and _text_deeper_than(raw, _READ_NESTING):
+        raise ValueError("nested too deep")  # the checked path names the field
     text = raw.decode()
     value, end = _DECODER.raw_decode(text)
     if end != len(text):
@@ -319,7 +424,7 @@ def _decode_checked(task_id: str, raw: Mapping[Any, Any]) -> TaskRecord:
             last_attempted_at=_moment(fields, "last_attempted_at"),
             worker_ids=tuple(str(w) for w in worker_ids),
             errors=errors,
-            return_value=json.loads(result_text) if result_text else None,
+            return_value=_parse_field("result", result_text) if result_text else None,
             deliveries=int(_text(fields, "deliveries", required=False) or 0),
         )
     except CorruptRecord:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -536,3 +538,315 @@ def test_falsy_return_values_survive(text: str, value: Any) -> None:
     record = codec.decode("abc", claimed_fields(status="SUCCESSFUL", result=text))
 
     assert codec.to_task_result(record, tasks.noop_task).return_value == value
+
+
+# -- nesting ----------------------------------------------------------------------
+# Parsing and normalising JSON recurse once per level, so a value nested 100,000 deep raises
+# RecursionError wherever it is read. Arguments and return values nested deeper than
+# MAX_NESTING are refused when written; a stored field nested deeper than any MAX_NESTING
+# allows is a CorruptRecord, found by counting brackets instead of recursing.
+
+CEILING = 256  # the largest MAX_NESTING; a field may hold its own list or dict around that
+
+
+def nested_list(depth: int) -> list[Any]:
+    """Return a list nested depth levels deep ([] is one level), built without recursion."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def nested_tuple(depth: int) -> tuple[Any, ...]:
+    """Return a tuple nested depth levels deep ((1,) is one level), built without recursion."""
+    value: tuple[Any, ...] = (1,)
+    for _ in range(depth - 1):
+        value = (value,)
+    return value
+
+
+def nested_dict(depth: int) -> dict[str, Any]:
+    """Return a dict nested depth levels deep ({} is one level), built without recursion."""
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"k": value}
+    return value
+
+
+def nested_list_text(depth: int) -> str:
+    """Return JSON text of a list nested depth levels deep."""
+    return "[" * depth + "]" * depth
+
+
+def nested_dict_text(depth: int) -> str:
+    """Return JSON text of an object nested depth levels deep."""
+    return '{"k":' * (depth - 1) + "{}" + "}" * (depth - 1)
+
+
+def test_max_nesting_defaults_to_the_documented_option() -> None:
+    """Allow 64 levels by default, and refuse a MAX_NESTING above what the codec can read back."""
+    from conveyor import options
+
+    assert options.DEFAULT_MAX_NESTING == 64
+    assert options.MAX_NESTING_CEILING == CEILING
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ([nested_list(3)], {}),
+        ([], {"k": nested_dict(3)}),
+        ([1, [2, [3]], "[[[[[[", {"a": [{"b": 1}]}], {"x": "{{{{{{"}),
+    ],
+    ids=["list", "dict", "mixed-and-brackets-in-strings"],
+)
+def test_arguments_nested_up_to_max_nesting_are_stored(args: list[Any], kwargs: dict[str, Any]) -> None:
+    """Store arguments whose values nest exactly MAX_NESTING levels (the args list itself not counted)."""
+    args_json, kwargs_json = codec.encode_payload(args, kwargs, 10_000, max_nesting=3)
+
+    assert (json.loads(args_json), json.loads(kwargs_json)) == (args, kwargs)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ([nested_list(4)], {}),
+        ([], {"k": nested_dict(4)}),
+        ([1, "x", [[{"a": [1]}]]], {}),
+        ([], {"ok": 1, "k": [{"a": {"b": []}}]}),
+    ],
+    ids=["list", "dict", "dict-in-lists", "lists-in-dicts"],
+)
+def test_arguments_nested_deeper_than_max_nesting_are_refused(
+    args: list[Any], kwargs: dict[str, Any]
+) -> None:
+    """Refuse an argument nested one level deeper than MAX_NESTING with a TypeError saying so."""
+    with pytest.raises(TypeError, match=r"^Task arguments are nested deeper than MAX_NESTING=3\."):
+        codec.encode_payload(args, kwargs, 10_000, max_nesting=3)
+
+
+@pytest.mark.parametrize("depth", [65, 1_500, 100_000])
+def test_deep_arguments_are_refused_without_recursing(depth: int) -> None:
+    """Refuse deep arguments under the default MAX_NESTING with TypeError, never RecursionError."""
+    with pytest.raises(TypeError, match="nested deeper than MAX_NESTING=64"):
+        codec.encode_payload([nested_list(depth)], {}, 10**7)
+    with pytest.raises(TypeError, match="nested deeper than MAX_NESTING=64"):
+        codec.encode_payload([], {"k": nested_dict(depth)}, 10**7)
+    codec.encode_payload([nested_list(64)], {"k": nested_dict(64)}, 10**7)
+
+
+def self_containing_list() -> list[Any]:
+    """Return a list that contains itself (infinitely nested to a walker)."""
+    loop: list[Any] = []
+    loop.append(loop)
+    return loop
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ((nested_list(4),), {}),
+        ((nested_tuple(4),), {}),
+        ((), {"k": nested_dict(4)}),
+        ((MappingProxyType({"k": [[[]]]}),), {}),
+        (({(((1,),),): 1},), {}),
+        ((self_containing_list(),), {}),
+        ((nested_list(100_000),), {}),
+    ],
+    ids=["list", "tuples", "dict", "mapping-proxy", "tuple-as-dict-key", "self-containing", "100000-deep"],
+)
+def test_raw_arguments_are_measured_before_django_normalises_them(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """Measure what Task.enqueue() hands over the way normalize_json() walks it, without recursing."""
+    with pytest.raises(TypeError, match=r"^Task arguments are nested deeper than MAX_NESTING=3\."):
+        codec.check_nesting(args, kwargs, 3)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ((nested_list(3), nested_tuple(3)), {}),
+        ((b"[[[[[[", "{{{{{{", 1, 2.5, None, True), {"k": ["[[[[[["]}),
+        ((MappingProxyType({"k": [[]]}),), {"deep": {"a": {"b": 1}}}),
+        ((), {}),
+    ],
+    ids=["at-the-limit", "scalars-and-text", "mappings", "empty"],
+)
+def test_raw_arguments_within_max_nesting_pass(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Let arguments nested no deeper than MAX_NESTING through (text and bytes are not containers)."""
+    codec.check_nesting(args, kwargs, 3)
+
+
+@pytest.mark.parametrize("depth", [65, 1_500, 100_000])
+def test_deep_return_values_are_refused_without_recursing(depth: int) -> None:
+    """Refuse a return value deeper than MAX_NESTING with TypeError, which the worker records as a failure."""
+    with pytest.raises(TypeError, match=r"^Task return value cannot be stored as JSON: .*MAX_NESTING=64"):
+        codec.encode_return_value(nested_list(depth))
+    with pytest.raises(TypeError, match="MAX_NESTING=64"):
+        codec.encode_return_value({"k": nested_dict(depth)})
+
+
+def test_return_values_up_to_max_nesting_are_stored() -> None:
+    """Store a return value nested exactly MAX_NESTING levels, and refuse one level more."""
+    value, text = codec.encode_return_value(nested_tuple(3), max_nesting=3)
+
+    assert (value, text) == ([[[1]]], "[[[1]]]")
+    assert codec.encode_return_value(nested_list(64))[1] == nested_list_text(64)
+    with pytest.raises(TypeError, match="MAX_NESTING=2"):
+        codec.encode_return_value(value, max_nesting=2)
+    with pytest.raises(TypeError, match="MAX_NESTING=3"):
+        codec.encode_return_value(self_containing_list(), max_nesting=3)
+
+
+DEEP_FIELDS: dict[str, Callable[[int], str]] = {
+    "args": nested_list_text,
+    "kwargs": nested_dict_text,
+    "result": nested_list_text,
+    "errors": nested_list_text,
+    "worker_ids": nested_list_text,
+}
+
+
+@pytest.mark.parametrize("depth", [CEILING + 2, 1_500, 100_000])
+@pytest.mark.parametrize("name", DEEP_FIELDS)
+def test_fields_nested_too_deep_are_corrupt(name: str, depth: int) -> None:
+    """Raise CorruptRecord naming the field for JSON nested deeper than the codec ever writes."""
+    fields = claimed_fields(**{name: DEEP_FIELDS[name](depth)})
+
+    assert codec._decode_plain("abc", fields) is None
+    with pytest.raises(CorruptRecord, match=f"field '{name}' is nested deeper than"):
+        codec.decode("abc", fields)
+    with pytest.raises(CorruptRecord, match=f"field '{name}' is nested deeper than"):
+        codec.decode("abc", {k.decode(): v.decode() for k, v in fields.items()})
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 100_000, "[" * 100_000 + "]", '{"a":' * 100_000, "[" * 100_000 + '"' + "]" * 100_000],
+    ids=["opened-only", "one-closed", "object-keys-only", "unterminated-string-inside"],
+)
+def test_malformed_deep_text_is_corrupt(text: str) -> None:
+    """Refuse truncated deep text before the parser would recurse into it."""
+    with pytest.raises(CorruptRecord, match="field 'args' is nested deeper than"):
+        codec.decode("abc", claimed_fields(args=text))
+
+
+def test_fields_nested_as_deep_as_the_codec_writes_decode() -> None:
+    """Decode arguments and results nested as deep as the largest MAX_NESTING allows, on the cheap path."""
+    fields = claimed_fields(
+        args=f"[{nested_list_text(CEILING)}]",
+        kwargs=f'{{"k":{nested_dict_text(CEILING)}}}',
+        status="SUCCESSFUL",
+        result=nested_list_text(CEILING),
+    )
+
+    plain = codec._decode_plain("abc", fields)
+    result = codec.to_task_result(codec.decode("abc", fields), tasks.noop_task)
+
+    assert plain is not None
+    assert plain == codec._decode_checked("abc", fields)
+    assert result.args == [nested_list(CEILING)]
+    assert result.kwargs == {"k": nested_dict(CEILING)}
+    assert result.return_value == nested_list(CEILING)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        '["' + "[" * 100_000 + '"]',
+        '["\\"' + "[{" * 50_000 + '\\\\"]',
+        '[{"' + "{" * 1_000 + '":"' + "[" * 1_000 + '"}]',
+        json.dumps([[i, [str(i)]] for i in range(20_000)]),
+    ],
+    ids=["brackets-in-a-string", "after-an-escaped-quote", "in-keys-and-values", "long-but-shallow"],
+)
+def test_brackets_in_strings_and_long_shallow_fields_decode(args: str) -> None:
+    """Count only brackets outside strings, so long text and long shallow lists still decode."""
+    fields = claimed_fields(args=args)
+
+    plain = codec._decode_plain("abc", fields)
+
+    assert plain is not None
+    assert plain.args == json.loads(args)
+    assert plain == codec._decode_checked("abc", fields)
+
+
+def test_pathological_strings_are_scanned_in_linear_time() -> None:
+    """Scan a long run of escaped quotes after an unterminated string once, not once per quote."""
+    text = "[" * CEILING + '"' + '\\"[' * 300_000
+
+    with pytest.raises(CorruptRecord, match="field 'args' is not valid JSON"):
+        codec.decode("abc", claimed_fields(args=text))
+
+
+def structure_depth(value: Any) -> int:
+    """Return how deep lists and dicts nest in a decoded JSON value, without recursing."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def scanned_depth(text: str) -> int:
+    """Return the deepest bracket level outside strings, char by char, up to where a parser must stop."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char == "\\":
+            break  # no JSON parser reads past a backslash outside a string
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def random_value(rng: random.Random, depth: int) -> Any:
+    """Return a random JSON value nested at most depth levels, with brackets, quotes and escapes in text."""
+    alphabet = '[]{}"\\é \n,:ab'
+    kind = rng.choice(["list", "dict", "text", "number"] if depth else ["text", "number"])
+    if kind == "list":
+        return [random_value(rng, depth - 1) for _ in range(rng.randint(0, 3))]
+    if kind == "dict":
+        keys = ("".join(rng.choices(alphabet, k=rng.randint(0, 4))) for _ in range(rng.randint(0, 3)))
+        return {key: random_value(rng, depth - 1) for key in keys}
+    if kind == "text":
+        return "".join(rng.choices(alphabet, k=rng.randint(0, 12)))
+    return rng.randint(-5, 10**6)
+
+
+def test_bracket_count_matches_the_structure_of_random_json() -> None:
+    """Measure random valid JSON (brackets, quotes, backslashes in its strings) exactly as deep as it is."""
+    rng = random.Random(11)
+    for _ in range(400):
+        value = random_value(rng, rng.randint(1, 25))
+        for text in (json.dumps(value), json.dumps(value, ensure_ascii=False, indent=rng.choice([None, 1]))):
+            depth = structure_depth(value)
+            for limit in {max(depth - 2, 0), max(depth - 1, 0), depth}:
+                assert codec._text_deeper_than(text.encode(), limit) == (
+                    depth > limit and len(text) > limit and text.count("[") + text.count("{") > limit
+                ), (text, limit)
+
+
+def test_bracket_count_never_misses_depth_in_random_text() -> None:
+    """Never measure malformed text shallower than the brackets a parser could reach in it."""
+    rng = random.Random(12)
+    for _ in range(3000):
+        text = "".join(rng.choices('[[[{{]]}}"\\a,é', k=rng.randint(0, 400)))
+        for limit in (1, 3, 10, 40):
+            if scanned_depth(text) > limit:
+                assert codec._text_deeper_than(text.encode(), limit), (text, limit)

@@ -26,6 +26,7 @@ def test_empty_options_use_the_default_url() -> None:
     assert options.key_prefix == "conveyor"
     assert (options.result_ttl, options.failed_result_ttl) == (86_400, 7 * 86_400)
     assert options.enqueue_on_commit is False
+    assert options.max_nesting == 64
 
 
 def test_every_option_is_read() -> None:
@@ -49,6 +50,7 @@ def test_every_option_is_read() -> None:
         "SOCKET_TIMEOUT": 0.25,
         "MAX_CONNECTIONS": 7,
         "MAX_PAYLOAD_BYTES": 2048,
+        "MAX_NESTING": 10,
         "ENQUEUE_ON_COMMIT": True,
     }
 
@@ -151,6 +153,13 @@ def test_none_means_unset(name: str) -> None:
         ({"SOCKET_TIMEOUT": "5"}, "SOCKET_TIMEOUT", "wrong type str"),
         ({"MAX_CONNECTIONS": 0}, "MAX_CONNECTIONS", "at least 1"),
         ({"MAX_PAYLOAD_BYTES": 0}, "MAX_PAYLOAD_BYTES", "at least 1"),
+        ({"MAX_NESTING": 0}, "MAX_NESTING", "between 1 and 256"),
+        ({"MAX_NESTING": -64}, "MAX_NESTING", "between 1 and 256"),
+        ({"MAX_NESTING": 257}, "MAX_NESTING", "between 1 and 256"),
+        ({"MAX_NESTING": 100_000}, "MAX_NESTING", "between 1 and 256"),
+        ({"MAX_NESTING": 32.0}, "MAX_NESTING", "wrong type float"),
+        ({"MAX_NESTING": "64"}, "MAX_NESTING", "wrong type str"),
+        ({"MAX_NESTING": True}, "MAX_NESTING", "wrong type bool"),
         ({"SSL": "yes"}, "SSL", "wrong type str"),
         ({"SSL_CHECK_HOSTNAME": 1}, "SSL_CHECK_HOSTNAME", "wrong type int"),
         ({"ENQUEUE_ON_COMMIT": 1}, "ENQUEUE_ON_COMMIT", "wrong type int"),
@@ -185,6 +194,22 @@ def test_bad_values_are_named(raw: dict[str, Any], option: str, words: str) -> N
 
     assert option in found, found
     assert words in found[option]
+
+
+@pytest.mark.parametrize("value", [1, 64, 256])
+def test_max_nesting_accepts_one_to_the_ceiling(value: int) -> None:
+    """Accept any MAX_NESTING from 1 up to the deepest nesting the codec reads back."""
+    options, problems = parse_options({"MAX_NESTING": value})
+
+    assert problems == []
+    assert options.max_nesting == value
+
+
+def test_max_nesting_hint_gives_the_range() -> None:
+    """Hint at the accepted range of MAX_NESTING."""
+    _, [problem] = parse_options({"MAX_NESTING": 0})
+
+    assert "between 1 and 256" in problem.hint
 
 
 def test_unknown_option_hint_lists_the_known_ones() -> None:

@@ -17,8 +17,10 @@ import pytest
 from conveyor import RedisBackend
 from django.tasks import TaskResultStatus, task
 from django.tasks.signals import task_finished
+from django.test import override_settings
 
 from tests import tasks
+from tests.conftest import tasks_setting
 from tests.redis_server import RedisProcess, find_server_binary
 
 from . import worker_tasks
@@ -332,3 +334,41 @@ def test_a_worker_that_never_lost_redis_logs_no_recovery(backend: object, spawn_
     assert w.wait_exit() == 0
     assert w.events("redis_recovered") == []
     assert w.events("redis_unavailable") == []
+
+
+# -- 6. records nested too deeply ---------------------------------------------------------
+
+
+def test_a_record_nested_100000_deep_is_failed_and_the_worker_keeps_going(
+    backend: object, run_batch: BatchRunner
+) -> None:
+    """A planted 100,000-deep args field fails its task with the reason; a good task still runs."""
+    b = real_backend()
+    deep = plant(b, good_record(args="[" * 100_000 + "]" * 100_000), priority=10)
+    good = tasks.calculate_meaning_of_life.enqueue()
+
+    handle = run_batch()
+
+    raw = b.store.get(deep)
+    assert raw[b"status"] == b"FAILED"
+    errors = json.loads(raw[b"errors"])
+    assert errors[-1]["exception_class_path"] == "conveyor.exceptions.RejectedTask"
+    assert "nested deeper than" in errors[-1]["traceback"]
+    assert b.get_result(good.id).return_value == 42
+    assert handle.exit_code == 0
+
+
+def test_a_return_value_nested_past_max_nesting_fails_its_task(
+    redis_url: str, prefix: str, run_batch: BatchRunner
+) -> None:
+    """MAX_NESTING applies to return values too: a deeper one fails the task with TypeError."""
+    with override_settings(TASKS=tasks_setting(redis_url, prefix, MAX_NESTING=3)):
+        b = real_backend()
+        result = tasks.echo.enqueue([[[1]]])  # fine as an argument; the echo wraps it deeper
+
+        run_batch()
+
+        failed = b.get_result(result.id)
+    assert failed.status == TaskResultStatus.FAILED
+    assert failed.errors[-1].exception_class_path == "builtins.TypeError"
+    assert "nested deeper than MAX_NESTING=3" in failed.errors[-1].traceback

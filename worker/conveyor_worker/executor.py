@@ -217,7 +217,7 @@ class Executor:
             close_old_connections()
             args, kwargs = self._args(result)
             raw = result.task.call(*args, **kwargs)
-            value, text = codec.encode_return_value(raw)
+            value, text = codec.encode_return_value(raw, max_nesting=self.backend.settings.max_nesting)
         except BaseException as exc:
             self._failed(attempt, exc)
         else:
@@ -235,7 +235,7 @@ class Executor:
             await sync_to_async(close_old_connections)()
             args, kwargs = self._args(result)
             raw = await self._await_with_timeout(attempt, result.task.acall(*args, **kwargs))
-            value, text = codec.encode_return_value(raw)
+            value, text = codec.encode_return_value(raw, max_nesting=self.backend.settings.max_nesting)
         except BaseException as exc:
             self._failed(attempt, exc)
         else:
