@@ -698,8 +698,11 @@ class Worker:
     def _run(self, attempt: Attempt) -> None:
         """Run a prepared attempt on this thread (a coroutine on the event loop thread)."""
         assert attempt.result is not None and self._async is not None
-        if not attempt.alone:
-            with self._cond:  # a task that lost its worker before runs with nothing beside it
+        if self._alone_running and not attempt.alone:
+            # A task that lost its worker before runs with nothing beside it. (Reading the flag
+            # unlocked first is safe: this attempt entered _running under _cond, and the flag is
+            # only set under _cond once _running is empty.)
+            with self._cond:
                 while self._alone_running:
                     self._cond.wait(0.05)
         attempt.started = time.monotonic()  # its timeout counts from here, not from any wait
