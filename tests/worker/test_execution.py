@@ -452,12 +452,14 @@ BAD_RECORDS: dict[str, tuple[dict[str, str] | None, str]] = {
     "subprocess.run": ({"task": "subprocess.run"}, "'subprocess.run' is not under an allowed module"),
     "module raises on import": ({"task": "tests.worker.broken_module.run"}, "fails at import time"),
     "unknown backend alias": ({"backend": "nope"}, "no longer valid"),
+    "unknown status": ({"status": "EXPLODED"}, "unknown status 'EXPLODED'"),
     "priority out of range": ({"priority": "500"}, "no longer valid"),
 }
 MISSING: dict[str, tuple[tuple[str, ...], str]] = {
     "missing task path": (("task",), "field 'task' is missing"),
     "missing version": (("v",), "field 'v' is missing"),
     "truncated record": (("queue", "priority", "backend", "args", "kwargs"), "is missing"),
+    "missing status": (("status",), "field 'status' is missing"),
 }
 
 

@@ -51,6 +51,10 @@ local claimed, pops = 0, 0
 local heads = {} -- queue index -> head score, false when empty, nil when not read yet
 local memo_out = {}
 
+-- Statuses a task id may still have when it is popped from a ready set by a stale entry:
+-- those are skipped; any other status (or none) is a record to fail.
+local settled = {RUNNING = true, SUCCESSFUL = true, FAILED = true}
+
 -- Set a field of an HGETALL reply the way HSET does: in place, or appended when new.
 local function put(record, at, name, value)
   if at then
@@ -119,6 +123,23 @@ while claimed < limit and pops < limit * 2 + 8 do
     put(record, at.worker_ids, 'worker_ids', ids)
     put(record, at.owner, 'owner', token)
     put(record, at.deliveries, 'deliveries', deliveries)
+    put(record, at.fence, 'fence', fence)
+    out[#out + 1] = id
+    out[#out + 1] = best
+    out[#out + 1] = record
+    memo_out[#memo_out + 1] = id
+    memo_out[#memo_out + 1] = best
+    memo_out[#memo_out + 1] = token
+    claimed = claimed + 1
+  elseif #record > 0 and not settled[at.status and record[at.status] or ''] then
+    -- A hash with no status or one no version of conveyor writes: claim it as it is, so
+    -- the worker fails it with the reason (its decoder names the status) instead of it
+    -- staying in Redis forever. Its status is left for the decoder to see.
+    local fence = string.format('%d', (at.fence and tonumber(record[at.fence]) or 0) + 1)
+    local token = worker .. '#' .. fence
+    redis.call('ZADD', KEYS[5 + 3 * best], deadline, id)
+    redis.call('HSET', key, 'owner', token, 'fence', fence)
+    put(record, at.owner, 'owner', token)
     put(record, at.fence, 'fence', fence)
     out[#out + 1] = id
     out[#out + 1] = best
