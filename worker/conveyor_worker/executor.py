@@ -140,8 +140,13 @@ class Executor:
 
     def prepare(self, claimed: Claimed) -> Attempt:
         """Check a claimed record before anything is imported; return a runnable or rejected attempt."""
+        fields = claimed.fields
+        lost = fields.get(b"lost")  # (Claimed.token and .lost_worker, read inline: once per task)
         attempt = Attempt(
-            task_id=claimed.task_id, queue=claimed.queue, token=claimed.token, alone=claimed.lost_worker
+            task_id=claimed.task_id,
+            queue=claimed.queue,
+            token=fields[b"owner"].decode(),
+            alone=bool(lost) and lost != b"0",
         )
         size = len(claimed.fields.get(b"args", b"")) + len(claimed.fields.get(b"kwargs", b""))
         limit = self.backend.settings.max_payload_bytes
