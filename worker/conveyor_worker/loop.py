@@ -25,23 +25,19 @@ from .logs import TaskLines
 from .metrics import Metrics
 from .runners import AsyncRunner, Processors
 from .settings import WorkerSettings
+from .timings import (
+    BACKOFF_MAX,
+    LONG_TASK,
+    PARALLEL_ABOVE,
+    PARK_ABOVE,
+    PROMOTE_EVERY,
+    QUEUE_REFRESH_EVERY,
+    RENEW_RETRY_MAX,
+    SPILL_BELOW,
+    STEER_EVERY,
+)
 
 logger = logging.getLogger("conveyor_worker")
-
-PROMOTE_EVERY = 1.0  # seconds between promotions of due scheduled tasks
-QUEUE_REFRESH_EVERY = 1.0  # seconds between re-reading the queue list for '*'
-BACKOFF_MAX = 5.0  # seconds, cap of the reconnect backoff
-RENEW_RETRY = 1.0  # seconds, at most, before a failed lease renewal is tried again
-# Pacing: how many processors cycle at once. Threads that all want the GIL hand it over
-# at every socket call, which costs more than a short task; so the main thread adds a
-# processor only while work waits and the ones running leave the core idle, or run
-# outside the GIL on more than one core, or are all inside long tasks; and it parks one
-# of several that saturate a single core.
-STEER_EVERY = 0.005  # seconds between looks at the processors while any of them works
-SPILL_BELOW = 0.5  # cores used by the process under which waiting work gets another processor
-PARK_ABOVE = 0.9  # cores used over which one of several cycling processors parks...
-PARALLEL_ABOVE = 1.25  # ...unless tasks run outside the GIL on more than one core
-LONG_TASK = 0.02  # seconds after which a running task stops counting its processor as cycling
 
 
 def pace(*, idle: int, cycling: int, waiting: bool, load: float) -> str:
@@ -148,7 +144,7 @@ class Worker:
         # A longer pause between reclaims than this (by any worker) means nobody could reach
         # Redis: reclaim then holds off for a lease, so live owners renew first.
         self._outage_ms = int(settings.lease * 500)
-        self._renew_retry = min(RENEW_RETRY, settings.lease / 10)
+        self._renew_retry = min(RENEW_RETRY_MAX, settings.lease / 10)
         self._claim_ids = itertools.count(1)  # names each claim call, so a replay finds its tasks
         self._alone: Attempt | None = None  # a task waiting to run, or running, alone (under _cond)
         self._alone_running = False  # True while it runs: other tasks wait (under _cond)

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
+from .timings import blocking_wait
+
 WORKER_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -210,7 +212,7 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> WorkerSett
     values.setdefault("worker_id", default_worker_id())
     settings = WorkerSettings(**values)
     # Block on Redis for at most a quarter lease, so renewals are never starved.
-    return replace(settings, block_seconds=min(settings.block_seconds, settings.lease / 4))
+    return replace(settings, block_seconds=blocking_wait(settings.block_seconds, settings.lease))
 
 
 def load_or_exit(argv: Sequence[str], environ: Mapping[str, str]) -> WorkerSettings:
