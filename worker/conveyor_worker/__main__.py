@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -75,8 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from conveyor.backend import RedisBackend
     from conveyor.store import Store
 
+    from .exporter import Exporter
     from .logs import configure_logging
-    from .loop import State, Worker
+    from .loop import Worker
     from .metrics import Metrics
     from .podcost import PodDeletionCost
     from .probes import Probes
@@ -97,12 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     metrics = Metrics(settings.concurrency)
     pod_cost = PodDeletionCost.from_environment() if settings.pod_deletion_cost else None
-    worker = Worker(
-        settings, backend, store, allowed, metrics, on_busy_change=pod_cost.update if pod_cost else None
-    )
+    worker: Worker | Exporter
     if settings.metrics_only:
-        worker.state = State.READY
-        worker.redis_ok = True
+        worker = Exporter()
+    else:
+        worker = Worker(
+            settings, backend, store, allowed, metrics, on_busy_change=pod_cost.update if pod_cost else None
+        )
 
     def queues() -> list[str]:
         return settings.queues.resolve(store.known_queues())
@@ -112,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics=metrics,
         queues=queues,
         alive=worker.alive,
-        ready=lambda: worker.ready or (settings.metrics_only and worker.state is State.READY),
+        ready=worker.ready if isinstance(worker, Exporter) else lambda: worker.ready,
     )
     port = _serve_probes(probes, settings) if settings.health_port else None
 
@@ -143,15 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "state": "metrics-only" if settings.metrics_only else "ready",
         },
     )
-    if settings.metrics_only:
-        stopped = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-        signal.signal(signal.SIGINT, lambda *_: stopped.set())
-        while not stopped.wait(1.0):
-            worker.loop_beat = worker.watch_beat = time.monotonic()
-        code = 0
-    else:
-        code = worker.run()
+    if isinstance(worker, Exporter):  # nothing to drain: every signal stops it
+        signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
+        signal.signal(signal.SIGINT, lambda *_: worker.request_stop())
+    code = worker.run()
     probes.stop()
     if pod_cost:
         pod_cost.stop()

@@ -80,6 +80,13 @@ class Attempt:
         with self._lock:
             return self.thread_id is not None and interrupt_thread(self.thread_id, exc_type)
 
+    def lose_lease(self) -> bool:
+        """Note that another delivery holds the task now; True when this call is the first to say so."""
+        with self._lock:
+            first = not self.lease_lost
+            self.lease_lost = True
+            return first
+
     def leave(self) -> None:
         """Note that the thread is done with this attempt (it may go on to run another task)."""
         with self._lock:
@@ -98,7 +105,7 @@ class Verdict:
     duration: float = 0.0
 
 
-class Recorder(Protocol):
+class RecordVerdict(Protocol):
     """Store a verdict; False when the lease was lost meanwhile. then() runs once it is stored."""
 
     def __call__(
@@ -126,11 +133,10 @@ def error_for(exc: BaseException) -> TaskError:
 class Executor:
     """Turn claimed records into attempts and run them with Django's semantics."""
 
-    def __init__(self, backend: RedisBackend, allowed_modules: tuple[str, ...], record: Recorder) -> None:
+    def __init__(self, backend: RedisBackend, allowed_modules: tuple[str, ...]) -> None:
         self.backend = backend
         self.sender = type(backend)
         self.allowed_modules = allowed_modules
-        self.record = record
 
     # -- preparing ---------------------------------------------------------------
 
@@ -188,7 +194,7 @@ class Executor:
         except ValueError:
             return UNKNOWN_TASK_PATIENCE
 
-    def reject(self, attempt: Attempt) -> None:
+    def reject(self, attempt: Attempt, record: RecordVerdict) -> None:
         """Record a rejected attempt as FAILED with its reason; nothing runs."""
         if not attempt.finalize():
             return
@@ -197,7 +203,7 @@ class Executor:
             traceback=f"conveyor.exceptions.RejectedTask: {attempt.rejection}\n",
         )
         errors = (*tuple(attempt.result.errors), error) if attempt.result else (error,)
-        self.record(attempt, Verdict(kind="rejected", finished_at=datetime.now(UTC), errors=errors))
+        record(attempt, Verdict(kind="rejected", finished_at=datetime.now(UTC), errors=errors))
 
     # -- running -----------------------------------------------------------------
 
@@ -207,7 +213,7 @@ class Executor:
             args.insert(0, TaskContext(task_result=result))
         return args, result.kwargs
 
-    def run_sync(self, attempt: Attempt) -> None:
+    def run_sync(self, attempt: Attempt, record: RecordVerdict) -> None:
         """Run a synchronous task in the calling thread."""
         result = attempt.result
         assert result is not None
@@ -219,14 +225,14 @@ class Executor:
             raw = result.task.call(*args, **kwargs)
             value, text = codec.encode_return_value(raw, max_nesting=self.backend.settings.max_nesting)
         except BaseException as exc:
-            self._failed(attempt, exc)
+            self._failed(attempt, exc, record)
         else:
-            self._succeeded(attempt, value, text)
+            self._succeeded(attempt, value, text, record)
         finally:
             close_old_connections()
             attempt.leave()  # a late timeout interrupt must not land in this thread's next task
 
-    async def run_async(self, attempt: Attempt) -> None:
+    async def run_async(self, attempt: Attempt, record: RecordVerdict) -> None:
         """Run a coroutine task on the running event loop."""
         result = attempt.result
         assert result is not None
@@ -237,9 +243,9 @@ class Executor:
             raw = await self._await_with_timeout(attempt, result.task.acall(*args, **kwargs))
             value, text = codec.encode_return_value(raw, max_nesting=self.backend.settings.max_nesting)
         except BaseException as exc:
-            self._failed(attempt, exc)
+            self._failed(attempt, exc, record)
         else:
-            self._succeeded(attempt, value, text)
+            self._succeeded(attempt, value, text, record)
         finally:
             await sync_to_async(close_old_connections)()
 
@@ -261,14 +267,14 @@ class Executor:
         frame = sys._current_frames().get(attempt.thread_id or -1)
         return "" if frame is None else "\nIt was running:\n" + "".join(traceback.format_stack(frame))
 
-    def record_timeout(self, attempt: Attempt, where: str) -> None:
+    def record_timeout(self, attempt: Attempt, where: str, record: RecordVerdict) -> None:
         """Record the failure of a sync attempt the watchdog finalized for overrunning its timeout."""
         try:
             raise TaskTimeout(f"Task exceeded its timeout of {attempt.timeout:g}s{where}")
         except TaskTimeout as exc:
-            self._record_failure(attempt, exc)
+            self._record_failure(attempt, exc, record)
 
-    def _succeeded(self, attempt: Attempt, value: Any, text: str) -> None:
+    def _succeeded(self, attempt: Attempt, value: Any, text: str, record: RecordVerdict) -> None:
         if not attempt.finalize():
             return
         result = attempt.result
@@ -284,16 +290,16 @@ class Executor:
             duration=time.monotonic() - attempt.started,
         )
         # A success may be stored a moment later, with the next round trip: then() runs then.
-        self.record(attempt, verdict, lambda: task_finished.send(self.sender, task_result=result))
+        record(attempt, verdict, lambda: task_finished.send(self.sender, task_result=result))
 
-    def _failed(self, attempt: Attempt, exc: BaseException) -> bool:
+    def _failed(self, attempt: Attempt, exc: BaseException, record: RecordVerdict) -> bool:
         """Record a failed attempt; call only inside an except block (receivers read exc_info)."""
         if not attempt.finalize():
             return False
-        self._record_failure(attempt, exc)
+        self._record_failure(attempt, exc, record)
         return True
 
-    def _record_failure(self, attempt: Attempt, exc: BaseException) -> None:
+    def _record_failure(self, attempt: Attempt, exc: BaseException, record: RecordVerdict) -> None:
         """Record a finalized attempt's failure: a retry while attempts are left, else FAILED."""
         result = attempt.result
         assert result is not None
@@ -303,7 +309,7 @@ class Executor:
         if result.attempts < int(getattr(task, "max_attempts", 1)):
             object.__setattr__(result, "status", TaskResultStatus.READY)
             delay = backoff_seconds(task, result.attempts)
-            self.record(
+            record(
                 attempt,
                 Verdict(kind="retry", errors=tuple(result.errors), retry_delay=delay, duration=duration),
             )
@@ -312,7 +318,7 @@ class Executor:
         object.__setattr__(result, "finished_at", finished)
         object.__setattr__(result, "status", TaskResultStatus.FAILED)
         verdict = Verdict(kind="failed", finished_at=finished, errors=tuple(result.errors), duration=duration)
-        if self.record(attempt, verdict):
+        if record(attempt, verdict):
             task_finished.send(self.sender, task_result=result)
 
     @staticmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import threading
+import time
 
 
 class State(enum.StrEnum):
@@ -93,3 +94,23 @@ class Lifecycle:
     def exit_code(self, value: int) -> None:
         with self._lock:
             self._exit_code = value
+
+
+class Heartbeat:
+    """When a thread last showed progress: it beats, /livez reads the age (one float, under _lock)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._at = time.monotonic()
+
+    def beat(self) -> None:
+        """Note progress now."""
+        now = time.monotonic()
+        with self._lock:
+            self._at = now
+
+    def age(self) -> float:
+        """Return seconds since the last beat."""
+        with self._lock:
+            at = self._at
+        return time.monotonic() - at
