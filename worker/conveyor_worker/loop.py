@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable
 
@@ -12,10 +11,11 @@ from conveyor.backend import RedisBackend
 from conveyor.exceptions import ConveyorError, RedisUnavailable
 from conveyor.store import Store
 
+from .drain import drain
 from .executor import Executor
 from .leases import LeaseKeeper
 from .lifecycle import Heartbeat, Lifecycle, State
-from .maintenance import Maintenance
+from .maintenance import Maintenance, claim_project
 from .metrics import Metrics
 from .pacing import Pacer
 from .pipeline import ClaimPipeline
@@ -24,7 +24,7 @@ from .recorder import Recorder
 from .runners import AsyncRunner, Processors
 from .settings import WorkerSettings
 from .slots import Slots
-from .timings import BACKOFF_FIRST, BACKOFF_MAX, SLOT_POLL, STALE_AFTER, STEER_EVERY, Timings
+from .timings import STALE_AFTER, STEER_EVERY, Timings, reconnect_pause
 from .wakeups import Wakeups
 from .watchdog import Watchdog
 
@@ -91,8 +91,25 @@ class Worker:
         )
         self.watchdog = Watchdog(self.slots, self.executor, self.threads, self.recorder)
         self.loop_beat = Heartbeat()
-        self._coroutines: AsyncRunner | None = None
-        self._parts: Parts | None = None
+        self.coroutines = AsyncRunner("conveyor-async")
+        self._parts = self._processor_parts()
+
+    def _processor_parts(self) -> Parts:
+        """Return what every Processor works with."""
+        return Parts(
+            lifecycle=self.lifecycle,
+            store=self.store,
+            executor=self.executor,
+            slots=self.slots,
+            wakeups=self.wakeups,
+            pipeline=self.pipeline,
+            recorder=self.recorder,
+            queues=self.maintenance.queues,
+            threads=self.threads,
+            watchdog=self.watchdog,
+            coroutines=self.coroutines,
+            worker_id=self.worker_id,
+        )
 
     # -- health ------------------------------------------------------------------
 
@@ -139,87 +156,50 @@ class Worker:
 
     def run(self) -> int:
         """Run until stopped, drained (batch) or max tasks; return the exit code."""
-        self._coroutines = AsyncRunner("conveyor-async")
+        self.coroutines.start()
         self.leases.start()
         self.watchdog.start()
         try:
-            if self._claim_project():
+            give_up = self.settings.lease if self.settings.batch else None
+            if claim_project(
+                self.store,
+                self.project,
+                self.lifecycle,
+                self.loop_beat,
+                give_up_after=give_up,
+                worker_id=self.worker_id,
+            ):
                 self.lifecycle.start()
                 with contextlib.suppress(RedisUnavailable):  # the loop below reports it and retries
                     self.maintenance.refresh_queues()  # so the processors know where to claim from the start
-                self._parts = Parts(
-                    lifecycle=self.lifecycle,
-                    store=self.store,
-                    executor=self.executor,
-                    slots=self.slots,
-                    wakeups=self.wakeups,
-                    pipeline=self.pipeline,
-                    recorder=self.recorder,
-                    queues=self.maintenance.queues,
-                    threads=self.threads,
-                    watchdog=self.watchdog,
-                    coroutines=self._coroutines,
-                    worker_id=self.worker_id,
-                )
                 self.threads.start()
                 self._listen()
                 self.wakeups.wake_all()
-                self._drain()
+                drain(
+                    self.slots,
+                    self.pipeline,
+                    self.recorder,
+                    self.threads,
+                    self.loop_beat,
+                    deadline=time.monotonic() + self.settings.shutdown_timeout,
+                    worker_id=self.worker_id,
+                )
         finally:
             self.lifecycle.stop()
             self.leases.stop()
             self.watchdog.stop()
-            self._coroutines.shutdown()
+            self.coroutines.shutdown()
             self.recorder.close()
         return self.lifecycle.exit_code
 
     def _serve(self) -> None:
         """Run one processor on the calling thread (Processors calls this once per thread)."""
-        assert self._parts is not None
         Processor(self._parts).run()
-
-    def _backoff(self, failures: int) -> None:
-        self.lifecycle.stopping.wait(min(BACKOFF_MAX, BACKOFF_FIRST * 2**failures) * random.uniform(0.5, 1.5))
 
     def _redis_down(self, exc: ConveyorError) -> None:
         logger.warning(
             "redis unavailable: %s", exc, extra={"event": "redis_unavailable", "worker_id": self.worker_id}
         )
-
-    def _claim_project(self) -> bool:
-        """Make sure this project owns the key prefix before any task is claimed; False to stop."""
-        failures, started = 0, time.monotonic()
-        while not self.lifecycle.stopping.is_set():
-            self.loop_beat.beat()
-            try:
-                owner = self.store.claim_project(self.project)
-            except ConveyorError as exc:
-                failures += 1
-                if failures == 1:
-                    self._redis_down(exc)
-                if self.settings.batch and time.monotonic() - started > self.settings.lease:
-                    self.lifecycle.exit_code = 1
-                    logger.info(
-                        "redis unavailable for longer than a lease; giving up the batch",
-                        extra={"event": "worker_draining", "worker_id": self.worker_id},
-                    )
-                    return False
-                self._backoff(failures)
-                continue
-            if owner != self.project:
-                logger.error(
-                    "key prefix %r belongs to project %r, not %r: refusing to run its tasks "
-                    "(give each project its own KEY_PREFIX, or set OPTIONS PROJECT)",
-                    self.store.keys.prefix,
-                    owner,
-                    self.project,
-                    extra={"event": "project_mismatch", "worker_id": self.worker_id},
-                )
-                self.lifecycle.exit_code = 2
-                return False
-            self.lifecycle.redis_ok = True
-            return True
-        return True  # stopped before Redis answered: the run loop ends at once
 
     def _listen(self) -> None:
         """Tick until the worker stops being READY; report Redis trouble and back off."""
@@ -245,7 +225,7 @@ class Worker:
                     self.lifecycle.exit_code = 1
                     self._finish_run("redis unavailable for longer than a lease; giving up the batch")
                     break
-                self._backoff(failures)
+                self.lifecycle.stopping.wait(reconnect_pause(failures))
 
     def _finish_run(self, reason: str) -> None:
         logger.info(reason, extra={"event": "worker_draining", "worker_id": self.worker_id, "reason": reason})
@@ -295,40 +275,3 @@ class Worker:
         self.pacer.steer()
         self.pipeline.land_stale(older_than=STEER_EVERY)
         self.pipeline.flush_deferred(older_than=STEER_EVERY)
-
-    # -- draining ----------------------------------------------------------------
-
-    def _drain(self) -> None:
-        """Give running tasks up to the shutdown timeout, then return the rest to their queues."""
-        deadline = time.monotonic() + self.settings.shutdown_timeout
-        while time.monotonic() < deadline:
-            self.loop_beat.beat()
-            self.pipeline.land_stale(older_than=STEER_EVERY)
-            self.pipeline.flush_deferred(older_than=STEER_EVERY)
-            # Wait for the processors too: they run what they claimed ahead.
-            if not (self.slots.busy or self.pipeline.has_ahead() or self.threads.active):
-                break
-            self.slots.wait(min(SLOT_POLL, max(0.0, deadline - time.monotonic())))
-        self.pipeline.land_stale(older_than=0.0)
-        self.pipeline.flush_deferred()
-        left = self.slots.attempts()
-        while (claimed := self.pipeline.take()) is not None:
-            released = self.recorder.give_back(claimed.task_id, claimed.queue, claimed.token, started=False)
-            logger.warning(
-                "task returned to its queue before it started" if released else "task left to its lease",
-                extra={
-                    "event": "task_released",
-                    "task_id": claimed.task_id,
-                    "queue": claimed.queue,
-                    "worker_id": self.worker_id,
-                },
-            )
-        for attempt in left:
-            if not attempt.finalize():
-                continue
-            released = self.recorder.give_back(attempt.task_id, attempt.queue, attempt.token)
-            logger.warning(
-                "task returned to its queue unfinished" if released else "task left to its lease",
-                extra=self.recorder.task_fields(attempt, event="task_released"),
-            )
-            self.slots.leave(attempt)

@@ -7,10 +7,12 @@ import threading
 import time
 from collections.abc import Sequence
 
+from conveyor.exceptions import ConveyorError
 from conveyor.store import Promotion, Store
 
+from .lifecycle import Heartbeat, Lifecycle
 from .settings import QueueSelection
-from .timings import BATCH_LIMIT, PROMOTE_EVERY, QUEUE_REFRESH_EVERY, Timings
+from .timings import BATCH_LIMIT, PROMOTE_EVERY, QUEUE_REFRESH_EVERY, Timings, reconnect_pause
 
 logger = logging.getLogger("conveyor_worker")
 
@@ -135,3 +137,53 @@ def _nothing_due(promotion: Promotion) -> bool:
     return promotion.promoted == 0 and (
         promotion.next_due_ms is None or promotion.next_due_ms > promotion.server_now_ms
     )
+
+
+def claim_project(
+    store: Store,
+    project: str,
+    lifecycle: Lifecycle,
+    beat: Heartbeat,
+    *,
+    give_up_after: float | None,
+    worker_id: str,
+) -> bool:
+    """Make sure this project owns the key prefix before any task is claimed; False to stop.
+
+    While Redis does not answer it tries again (giving up after give_up_after seconds,
+    exit code 1); a prefix another project owns is exit code 2.
+    """
+    failures, started = 0, time.monotonic()
+    while not lifecycle.stopping.is_set():
+        beat.beat()
+        try:
+            owner = store.claim_project(project)
+        except ConveyorError as exc:
+            failures += 1
+            if failures == 1:
+                logger.warning(
+                    "redis unavailable: %s", exc, extra={"event": "redis_unavailable", "worker_id": worker_id}
+                )
+            if give_up_after is not None and time.monotonic() - started > give_up_after:
+                lifecycle.exit_code = 1
+                logger.info(
+                    "redis unavailable for longer than a lease; giving up the batch",
+                    extra={"event": "worker_draining", "worker_id": worker_id},
+                )
+                return False
+            lifecycle.stopping.wait(reconnect_pause(failures))
+            continue
+        if owner != project:
+            logger.error(
+                "key prefix %r belongs to project %r, not %r: refusing to run its tasks "
+                "(give each project its own KEY_PREFIX, or set OPTIONS PROJECT)",
+                store.keys.prefix,
+                owner,
+                project,
+                extra={"event": "project_mismatch", "worker_id": worker_id},
+            )
+            lifecycle.exit_code = 2
+            return False
+        lifecycle.redis_ok = True
+        return True
+    return True  # stopped before Redis answered: the run loop ends at once

@@ -106,6 +106,9 @@ class AsyncRunner:
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Start the loop's thread."""
         self._thread.start()
 
     def _run(self) -> None:

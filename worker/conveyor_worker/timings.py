@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 # -- maintenance (main thread) ------------------------------------------------------
@@ -34,6 +35,11 @@ RECORD_RETRY_MAX = 2.0  # ...doubling up to this, for as long as the worker runs
 # -- slots, drain and health --------------------------------------------------------
 SLOT_POLL = 0.05  # seconds between looks while waiting for slots to empty (drain, run alone)
 STALE_AFTER = 30.0  # seconds without a beat of the main loop or a keeper after which /livez fails
+
+
+def reconnect_pause(failures: int) -> float:
+    """Return the jittered pause before trying Redis again after failures in a row."""
+    return float(min(BACKOFF_MAX, BACKOFF_FIRST * 2**failures) * random.uniform(0.5, 1.5))
 
 
 def blocking_wait(block: float, lease: float) -> float:
