@@ -19,6 +19,12 @@ VERSION = "1"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MICROSECOND = timedelta(microseconds=1)
 STATUSES = frozenset({"READY", "RUNNING", "FAILED", "SUCCESSFUL"})
+PRIORITY_STEP = 2**44  # ready scores of one priority step apart; the sequence stays below it
+
+
+def ready_score(priority: int, seq: int) -> int:
+    """Return a ready task's score: lowest first is highest priority, then oldest (as _lib.lua)."""
+    return (100 - priority) * PRIORITY_STEP + seq
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -40,9 +40,15 @@ WAKE_CAP = 256
 
 
 @cache
+def script_library() -> str:
+    """Return _lib.lua: the encodings every script shares (the ready score, JSON lists)."""
+    return (resources.files("conveyor") / "scripts" / "_lib.lua").read_text()
+
+
+@cache
 def script_source(name: str) -> str:
-    """Return the text of one bundled Lua script."""
-    return (resources.files("conveyor") / "scripts" / f"{name}.lua").read_text()
+    """Return the text of one bundled Lua script, after the shared library."""
+    return script_library() + (resources.files("conveyor") / "scripts" / f"{name}.lua").read_text()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -89,7 +89,7 @@ def plant(backend: RedisBackend, fields: dict[str, str], *, queue: str = "defaul
 
     def write(client: Any) -> None:
         seq = int(client.incr(keys.seq))
-        score = (100 - priority) * 2**44 + seq
+        score = codec.ready_score(priority, seq)
         now_ms = int(time.time() * 1000)
         pipe = client.pipeline()
         pipe.hset(keys.task(task_id), mapping={**fields, "score": str(score)})
