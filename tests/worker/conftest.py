@@ -30,8 +30,8 @@ from django.tasks import task_backends
 from django.tasks.base import TaskResult
 from django.test import override_settings
 
+from devtools.redis_server import free_port
 from tests.conftest import ROOT, tasks_setting
-from tests.redis_server import free_port
 
 # Generous bounds: something that takes 100 ms on a laptop may take seconds on a loaded CI runner.
 DEADLINE = 30.0
