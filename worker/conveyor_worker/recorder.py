@@ -60,16 +60,15 @@ class Recorder:
     # -- outcomes ------------------------------------------------------------------------
 
     def call_for(self, attempt: Attempt, verdict: Verdict) -> ScriptCall:
-        """Return the one store call that records a verdict."""
+        """Return the one store call that records a verdict (its fields built by codec)."""
         store, tid, q, me = self._store, attempt.task_id, attempt.queue, attempt.token
-        errors = codec.encode_errors(verdict.errors) if verdict.errors else "[]"  # type: ignore[arg-type]
-        if verdict.kind == "retry":
-            return store.retry_call(tid, q, me, int(verdict.retry_delay * 1000), {"errors": errors})
-        fields = {"finished_at": str(codec.to_micros(verdict.finished_at))} if verdict.finished_at else {}
         if verdict.kind == "succeeded":
-            fields["result"] = verdict.return_json or "null"
+            fields = codec.success_fields(verdict.finished_at, verdict.return_json)
             return store.finish_call(tid, q, me, "SUCCESSFUL", self._result_ttl, fields)
-        fields["errors"] = errors
+        if verdict.kind == "retry":
+            delay_ms = int(verdict.retry_delay * 1000)
+            return store.retry_call(tid, q, me, delay_ms, codec.retry_fields(verdict.errors))
+        fields = codec.failure_fields(verdict.finished_at, verdict.errors)
         return store.finish_call(tid, q, me, "FAILED", self._failed_ttl, fields)
 
     def record(self, attempt: Attempt, verdict: Verdict, then: Callable[[], None] | None = None) -> bool:
