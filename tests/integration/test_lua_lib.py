@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import redis
 from conveyor import codec
-from conveyor.store import script_library
+from conveyor.transport import script_library
 
 
 @pytest.fixture

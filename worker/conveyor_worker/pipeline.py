@@ -182,7 +182,7 @@ class ClaimPipeline:
         """Send the deferred records and a claim without waiting for the replies (see land)."""
         deferred, calls = self._round_trip([], claims, queues)
         try:
-            sent = self._store.send_ahead(calls)
+            sent = self._store.transport.send_ahead(calls)
         except ConveyorError:  # they go again with the next round trip (or the main thread's)
             self._undo(deferred, claims)
             return None
@@ -200,7 +200,7 @@ class ClaimPipeline:
             with self._lock:
                 self._in_flight.pop(sender, None)
             try:
-                replies = self._store.receive(flight.sent)
+                replies = self._store.transport.receive(flight.sent)
             except ConveyorError:
                 replies = None
             if replies is None:

@@ -61,7 +61,7 @@ class Processor:
 
     def run(self) -> None:
         """Run on a connection of its own until retired or stopped."""
-        with self._p.store.hold_connection():
+        with self._p.store.transport.hold():
             try:
                 self._loop()
             finally:
