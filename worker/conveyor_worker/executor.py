@@ -36,7 +36,13 @@ UNKNOWN_TASK_DELAY_MAX = 60.0  # ...growing with the time it has waited, up to t
 
 @dataclass(slots=True, kw_only=True)
 class Attempt:
-    """One delivery of a task to this worker, from claim to its recorded outcome."""
+    """One delivery of a task to this worker, from claim to its recorded outcome.
+
+    What is known at preparation is fixed from then on. What changes later (when it
+    started, the thread inside it, whether an outcome was claimed, whether the lease
+    was lost) is read by the watchdog, the lease keeper and the pacer too, so it lives
+    behind _lock and its methods.
+    """
 
     task_id: str
     queue: str
@@ -46,16 +52,34 @@ class Attempt:
     rejection: str | None = None
     postpone: float | None = None  # seconds: give back unrun, due again after this delay
     timeout: float | None = None
-    started: float = field(default_factory=time.monotonic)
-    thread_id: int | None = None
-    lease_lost: bool = False
+    _started: float = field(default_factory=time.monotonic)
+    _thread_id: int | None = None
+    _lease_lost: bool = False
     _finalized: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
+    def started(self) -> float:
+        """Return when the task started (monotonic); until then, when the attempt was prepared."""
+        with self._lock:
+            return self._started
+
+    def begin(self) -> None:
+        """Start the attempt's clock: its timeout counts from now, not from any wait before."""
+        now = time.monotonic()
+        with self._lock:
+            self._started = now
+
+    @property
     def deadline(self) -> float | None:
         """Return the monotonic time at which the attempt times out, if it has a timeout."""
-        return None if self.timeout is None else self.started + self.timeout
+        with self._lock:
+            return None if self.timeout is None else self._started + self.timeout
+
+    def running_for(self, now: float) -> float | None:
+        """Return how long the task has run by now; None once its outcome was claimed."""
+        with self._lock:
+            return None if self._finalized else now - self._started
 
     @property
     def is_async(self) -> bool:
@@ -64,8 +88,9 @@ class Attempt:
 
     @property
     def finalized(self) -> bool:
-        """Tell whether an outcome was already recorded."""
-        return self._finalized
+        """Tell whether an outcome was already claimed."""
+        with self._lock:
+            return self._finalized
 
     def finalize(self) -> bool:
         """Claim the right to record the outcome; False if someone (the watchdog) already did."""
@@ -75,22 +100,39 @@ class Attempt:
             self._finalized = True
             return True
 
-    def interrupt(self, exc_type: type[BaseException]) -> bool:
-        """Raise exc_type in the thread running this attempt; False once that thread has left it."""
+    @property
+    def thread_id(self) -> int | None:
+        """Return the thread running the task, while one does."""
         with self._lock:
-            return self.thread_id is not None and interrupt_thread(self.thread_id, exc_type)
+            return self._thread_id
 
-    def lose_lease(self) -> bool:
-        """Note that another delivery holds the task now; True when this call is the first to say so."""
+    def enter(self, thread_id: int) -> None:
+        """Note that thread_id runs the task now."""
         with self._lock:
-            first = not self.lease_lost
-            self.lease_lost = True
-            return first
+            self._thread_id = thread_id
 
     def leave(self) -> None:
         """Note that the thread is done with this attempt (it may go on to run another task)."""
         with self._lock:
-            self.thread_id = None
+            self._thread_id = None
+
+    def interrupt(self, exc_type: type[BaseException]) -> bool:
+        """Raise exc_type in the thread running this attempt; False once that thread has left it."""
+        with self._lock:
+            return self._thread_id is not None and interrupt_thread(self._thread_id, exc_type)
+
+    @property
+    def lease_lost(self) -> bool:
+        """Tell whether another delivery holds the task now."""
+        with self._lock:
+            return self._lease_lost
+
+    def lose_lease(self) -> bool:
+        """Note that another delivery holds the task now; True when this call is the first to say so."""
+        with self._lock:
+            first = not self._lease_lost
+            self._lease_lost = True
+            return first
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,7 +259,7 @@ class Executor:
         """Run a synchronous task in the calling thread."""
         result = attempt.result
         assert result is not None
-        attempt.thread_id = threading.get_ident()
+        attempt.enter(threading.get_ident())
         try:  # a raising receiver fails the attempt; outside the try it would leak the slot
             task_started.send(sender=self.sender, task_result=result)
             close_old_connections()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from .pipeline import ClaimPipeline, InFlight
 from .recorder import Recorder
 from .runners import AsyncRunner, Processors
 from .slots import Slots
+from .timings import CLAIM_RETRY_MAX, CLAIM_RETRY_MIN
 from .wakeups import Wakeups
 from .watchdog import Watchdog
 
@@ -83,7 +83,7 @@ class Processor:
                     try:
                         claimed = self._claim()
                     except ConveyorError:  # the main loop reports Redis trouble and backs off
-                        p.lifecycle.stopping.wait(random.uniform(0.5, 1.5))
+                        p.lifecycle.stopping.wait(random.uniform(CLAIM_RETRY_MIN, CLAIM_RETRY_MAX))
                         continue
                     if claimed is None:
                         break
@@ -166,7 +166,7 @@ class Processor:
         p = self._p
         if not attempt.alone:
             p.slots.wait_while_alone()  # a task that lost its worker before runs with nothing beside it
-        attempt.started = time.monotonic()  # its timeout counts from here, not from any wait
+        attempt.begin()  # its timeout counts from here, not from any wait
         p.recorder.started(attempt)
         if attempt.is_async:
             p.coroutines.submit(p.executor.run_async(attempt, p.recorder.record)).result()

@@ -70,7 +70,8 @@ class Processors:
 
     def is_retired(self, thread_id: int) -> bool:
         """Tell whether a thread was retired (it must stop after its current task)."""
-        return thread_id in self._retired
+        with self._lock:
+            return thread_id in self._retired
 
     def retire(self, thread_id: int) -> bool:
         """Stop using a thread that is stuck in a task and start a replacement; False if unknown."""

@@ -78,7 +78,7 @@ class Slots:
         """Count attempts inside their task for LONG_TASK or more (finalized ones only await their record)."""
         with self._lock:
             running = list(self._running.values())
-        return sum(1 for a in running if not a.finalized and now - a.started >= LONG_TASK)
+        return sum(1 for a in running if (a.running_for(now) or 0.0) >= LONG_TASK)
 
     def nudge(self) -> None:
         """Wake whoever waits on a change of slot (the worker started draining)."""
