@@ -160,7 +160,7 @@ class Worker:
         self.leases.start()
         self.watchdog.start()
         try:
-            give_up = self.settings.lease if self.settings.batch else None
+            give_up = self.timings.lease if self.settings.batch else None  # a batch is a job that must end
             if claim_project(
                 self.store,
                 self.project,
@@ -220,7 +220,7 @@ class Worker:
                     down_since = time.monotonic()
                     self._redis_down(exc)
                 self.lifecycle.redis_ok = False
-                if self.settings.batch and time.monotonic() - down_since > self.settings.lease:
+                if self.settings.batch and time.monotonic() - down_since > self.timings.lease:
                     # A batch run is a job that must end: after a lease of outage, give up.
                     self.lifecycle.exit_code = 1
                     self._finish_run("redis unavailable for longer than a lease; giving up the batch")
