@@ -35,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.redis_server import RedisProcess, find_server_binary  # noqa: E402
+from devtools.redis_server import RedisProcess, find_server_binary  # noqa: E402
 
 # One round trip doing the minimum an enqueue must: store the record, index it.
 RAW_SCRIPT = """

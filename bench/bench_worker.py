@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from devtools.redis_server import RedisProcess, find_server_binary, free_port  # noqa: E402
 from tests.conftest import tasks_setting  # noqa: E402
-from tests.redis_server import RedisProcess, find_server_binary, free_port  # noqa: E402
 
 
 def setup_django(url: str, prefix: str) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.redis_server import RedisProcess, find_server_binary, free_port  # noqa: E402
+from devtools.redis_server import RedisProcess, find_server_binary, free_port  # noqa: E402
 
 DEMO_TASKS = [
     # (label, task name, body)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.redis_server import RedisProcess, find_server_binary
+from devtools.redis_server import RedisProcess, find_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 _started: list[RedisProcess] = []

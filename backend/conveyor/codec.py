@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import accumulate, chain
-from typing import Any
+from typing import Any, Protocol
 
 from django.tasks.base import Task, TaskError, TaskResult, TaskResultStatus
 from django.utils.json import normalize_json
@@ -19,6 +19,12 @@ VERSION = "1"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MICROSECOND = timedelta(microseconds=1)
 STATUSES = frozenset({"READY", "RUNNING", "FAILED", "SUCCESSFUL"})
+PRIORITY_STEP = 2**44  # ready scores of one priority step apart; the sequence stays below it
+
+
+def ready_score(priority: int, seq: int) -> int:
+    """Return a ready task's score: lowest first is highest priority, then oldest (as _lib.lua)."""
+    return (100 - priority) * PRIORITY_STEP + seq
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -27,6 +33,16 @@ class ErrorRecord:
 
     exception_class_path: str
     traceback: str
+
+
+class AnError(Protocol):
+    """Anything shaped like an error record (ours, or Django's TaskError)."""
+
+    @property
+    def exception_class_path(self) -> str: ...
+
+    @property
+    def traceback(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -215,9 +231,135 @@ def encode_return_value(value: Any, *, max_nesting: int = DEFAULT_MAX_NESTING) -
         raise TypeError(f"Task return value cannot be stored as JSON: {exc}") from exc
 
 
-def encode_errors(errors: list[ErrorRecord] | tuple[ErrorRecord, ...]) -> str:
+def encode_errors(errors: Sequence[AnError]) -> str:
     """Encode the list of errors of a task."""
     return dumps([{"exception_class_path": e.exception_class_path, "traceback": e.traceback} for e in errors])
+
+
+# -- the record schema ------------------------------------------------------------------
+# A task is one hash; times in it are microseconds since the epoch (µs, as text). The
+# sorted sets that index tasks score them in milliseconds (due time, lease deadline, when
+# a task became ready), except a queue's ready set, scored by ready_score(). Lua scripts
+# (scripts/*.lua, one per transition) and the functions below are the only writers.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Field:
+    """One field of a task hash: what it holds, in what form, and which transitions write it."""
+
+    name: str
+    form: str
+    written_by: tuple[str, ...]
+    meaning: str
+
+
+SCHEMA: tuple[Field, ...] = (
+    Field(name="v", form="text", written_by=("enqueue",), meaning="record format version"),
+    Field(name="task", form="text", written_by=("enqueue",), meaning="task path, module.function"),
+    Field(name="queue", form="text", written_by=("enqueue",), meaning="queue name"),
+    Field(name="priority", form="integer", written_by=("enqueue",), meaning="-100..100, higher first"),
+    Field(name="backend", form="text", written_by=("enqueue",), meaning="alias in TASKS"),
+    Field(name="args", form="JSON list", written_by=("enqueue",), meaning="positional arguments"),
+    Field(name="kwargs", form="JSON object", written_by=("enqueue",), meaning="keyword arguments"),
+    Field(
+        name="status",
+        form="READY, RUNNING, SUCCESSFUL or FAILED",
+        written_by=("enqueue", "claim", "finish", "retry", "release", "postpone", "reclaim"),
+        meaning="where the task is",
+    ),
+    Field(name="enqueued_at", form="µs", written_by=("enqueue",), meaning="when it was enqueued"),
+    Field(name="run_after", form="µs", written_by=("enqueue",), meaning="not before then (absent: now)"),
+    Field(
+        name="started_at",
+        form="µs",
+        written_by=("claim", "release", "postpone"),
+        meaning="first attempt's start (removed again when that delivery goes back unrun)",
+    ),
+    Field(
+        name="last_attempted_at",
+        form="µs",
+        written_by=("claim", "release", "postpone"),
+        meaning="latest attempt's start",
+    ),
+    Field(name="finished_at", form="µs", written_by=("finish", "reclaim"), meaning="when it ended"),
+    Field(
+        name="worker_ids",
+        form="JSON list of text",
+        written_by=("claim", "release", "postpone"),
+        meaning="one per attempt: claim appends, a delivery given back unrun drops its own",
+    ),
+    Field(
+        name="errors",
+        form="JSON list of {exception_class_path, traceback}",
+        written_by=("finish", "retry", "reclaim"),
+        meaning="one per failed attempt; reclaim appends WorkerLost",
+    ),
+    Field(name="result", form="JSON", written_by=("finish",), meaning="the return value of a success"),
+    Field(
+        name="deliveries",
+        form="integer",
+        written_by=("claim", "release", "postpone"),
+        meaning="claims that counted (one given back unrun does not)",
+    ),
+    Field(name="fence", form="integer", written_by=("claim",), meaning="claims so far"),
+    Field(
+        name="owner",
+        form="text, <worker id>#<fence>",
+        written_by=("claim", "finish", "retry", "release", "postpone", "reclaim"),
+        meaning="the current delivery's token; removed when the delivery ends",
+    ),
+    Field(
+        name="lost",
+        form="integer",
+        written_by=("reclaim", "finish", "retry"),
+        meaning="deliveries lost since the last completed attempt: the next runs alone",
+    ),
+    Field(
+        name="done_by",
+        form="text, a token",
+        written_by=("finish", "retry", "release", "postpone"),
+        meaning="the token that last ended a delivery, so a replayed call is recognised",
+    ),
+    Field(
+        name="unknown_since",
+        form="µs",
+        written_by=("postpone",),
+        meaning="first put back because its path did not import here",
+    ),
+    Field(
+        name="score",
+        form="integer, ready_score()",
+        written_by=("enqueue", "promote"),
+        meaning="its ready score",
+    ),
+)
+SCHEMA_BY_NAME = {f.name: f for f in SCHEMA}
+
+
+def schema_table() -> str:
+    """Return SCHEMA as the Markdown table the README shows."""
+    rows = ["| field | form | written by | holds |", "|---|---|---|---|"]
+    rows += [f"| `{f.name}` | {f.form} | {', '.join(f.written_by)} | {f.meaning} |" for f in SCHEMA]
+    return "\n".join(rows)
+
+
+def success_fields(finished_at: datetime | None, return_json: str | None) -> dict[str, str]:
+    """Return the fields finish.lua sets for a SUCCESSFUL attempt."""
+    fields = {"finished_at": str(to_micros(finished_at))} if finished_at else {}
+    fields["result"] = return_json or "null"
+    return fields
+
+
+def failure_fields(finished_at: datetime | None, errors: Sequence[AnError]) -> dict[str, str]:
+    """Return the fields finish.lua sets for a FAILED attempt."""
+    fields = {"finished_at": str(to_micros(finished_at))} if finished_at else {}
+    fields["errors"] = encode_errors(errors) if errors else "[]"
+    return fields
+
+
+def retry_fields(errors: Sequence[AnError]) -> dict[str, str]:
+    """Return the fields retry.lua sets for an attempt that will be tried again."""
+    return {"errors": encode_errors(errors) if errors else "[]"}
 
 
 def new_record(

@@ -1,17 +1,14 @@
-"""The only module that talks to Redis: one method per state change, scripts loaded once."""
+"""The Redis client: one method per state change; every script call goes through transport.py."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import redis
@@ -26,23 +23,13 @@ from redis.retry import Retry
 from .exceptions import ConveyorError, RedisUnavailable
 from .keys import Keys
 from .options import Options
+from .transport import ScriptCall, Sent, Transport, script_sha, script_source
 
-pack_command: Callable[[tuple[Any, ...]], bytes] | None
-try:
-    from hiredis import pack_command
-except ImportError:  # hiredis is an optional extra
-    pack_command = None
+__all__ = ["Claimed", "Promotion", "QueueStats", "Reclaimed", "ScriptCall", "Sent", "Store", "script_source"]
 
-SCRIPT_NAMES = ("enqueue", "claim", "finish", "retry", "renew", "release", "reclaim", "promote", "postpone")
 # Idle workers block on a per-queue list; enqueue pushes one token and trims the list
 # so tokens from a busy period cannot pile up.
 WAKE_CAP = 256
-
-
-@cache
-def script_source(name: str) -> str:
-    """Return the text of one bundled Lua script."""
-    return (resources.files("conveyor") / "scripts" / f"{name}.lua").read_text()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,23 +48,6 @@ class QueueStats:
     def work(self) -> int:
         """Return the tasks that want a worker slot now: ready, due and running."""
         return self.ready + self.due + self.running
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ScriptCall:
-    """One EVALSHA of a bundled script, ready to be sent alone or with others."""
-
-    name: str
-    keys: list[str]
-    args: list[Any]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Sent:
-    """Calls send_ahead() wrote to a connection whose replies receive() has yet to read."""
-
-    conn: Any
-    calls: Sequence[ScriptCall]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,12 +96,9 @@ class Store:
         self.keys = keys
         self._client_name = client_name
         self._client: redis.Redis | None = None
-        self._scripts: dict[str, Any] = {}
-        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, dict[str, Any]]]
-        self._async = weakref.WeakKeyDictionary()
-        self._held = threading.local()  # a connection a worker thread keeps (hold_connection)
-        self._spare: list[Any] = []  # connections run() reuses, last in first out
-        self._spare_pid = os.getpid()
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        # Script calls go through the transport, on connections of the client's pool.
+        self.transport = Transport(self._new_connection, self._translate_any)
         # A claim's memo outlives any wait for its reply (a replay comes after a timeout at most).
         self._memo_ms = max(10_000, int(3000 * (options.socket_timeout + options.connect_timeout)))
 
@@ -158,12 +125,10 @@ class Store:
                 pool = redis.ConnectionPool.from_url(self.options.url, **kwargs)
             else:
                 pool = redis.ConnectionPool(**kwargs)
-            client = redis.Redis(connection_pool=pool)
-            self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPT_NAMES}
-            self._client = client
+            self._client = redis.Redis(connection_pool=pool)
         return self._client
 
-    def _async_client(self) -> tuple[Any, dict[str, Any]]:
+    def _async_client(self) -> Any:
         """Return the asyncio client of the running loop (clients are bound to their loop)."""
         loop = asyncio.get_running_loop()
         entry = self._async.get(loop)
@@ -173,21 +138,16 @@ class Store:
                 pool = redis.asyncio.ConnectionPool.from_url(self.options.url, **kwargs)
             else:
                 pool = redis.asyncio.ConnectionPool(**kwargs)
-            client = redis.asyncio.Redis(connection_pool=pool)
-            scripts = {name: client.register_script(script_source(name)) for name in ("enqueue",)}
-            entry = (client, scripts)
+            entry = redis.asyncio.Redis(connection_pool=pool)
             self._async[loop] = entry
         return entry
 
-    def script(self, name: str) -> Any:
-        """Return a registered script by name."""
-        _ = self.client
-        return self._scripts[name]
+    def _new_connection(self) -> Any:
+        return self.client.connection_pool.make_connection()
 
     def close(self) -> None:
         """Close the synchronous pool."""
-        while self._spare:
-            self._spare.pop().disconnect()
+        self.transport.close()
         if self._client is not None:
             self._client.close()
             self._client.connection_pool.disconnect()
@@ -260,9 +220,14 @@ class Store:
     ) -> bool:
         """Store a task like enqueue(), on the running event loop."""
         keys, args = self._enqueue_call(task_id, queue, priority, due_ms, fields)
+        call = ScriptCall(name="enqueue", keys=keys, args=args)
         async with self._aboundary():
-            _, scripts = self._async_client()
-            return bool(await scripts["enqueue"](keys=keys, args=args))
+            client = self._async_client()
+            try:
+                return bool(await client.evalsha(script_sha(call.name), len(keys), *keys, *args))
+            except NoScriptError:  # Redis lost it (a restart, SCRIPT FLUSH): load it, send again
+                await client.script_load(script_source(call.name))
+                return bool(await client.evalsha(script_sha(call.name), len(keys), *keys, *args))
 
     def get(self, task_id: str) -> dict[bytes, bytes]:
         """Return a task's raw hash (empty when unknown)."""
@@ -272,7 +237,7 @@ class Store:
     async def aget(self, task_id: str) -> dict[bytes, bytes]:
         """Return a task's raw hash like get(), on the running event loop."""
         async with self._aboundary():
-            client, _ = self._async_client()
+            client = self._async_client()
             return await client.hgetall(self.keys.task(task_id))  # type: ignore[no-any-return]
 
     def ping(self) -> bool:
@@ -361,147 +326,19 @@ class Store:
         return ScriptCall(name="postpone", keys=keys, args=[task_id, token, delay_ms, WAKE_CAP])
 
     def run(self, calls: Sequence[ScriptCall]) -> list[Any]:
-        """Send script calls in one round trip on a pooled connection and return their replies.
-
-        The hot path of the worker (claim, record and claim the next) goes through here
-        rather than redis-py's per-command machinery, which costs more than the round trip.
-        Scripts Redis lost (a restart, SCRIPT FLUSH) are loaded again and only the calls
-        that failed with NOSCRIPT are sent again; a broken connection is retried once.
-        """
-        holding = getattr(self._held, "active", False)
-        for attempt in (1, 2):
-            conn = self._held.conn if holding else None
-            try:
-                if conn is None:
-                    conn = self._take_connection()
-                    if holding:
-                        self._held.conn = conn
-                replies = self._exchange(conn, calls)
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                if conn is not None:
-                    conn.disconnect()
-                if attempt == 2:
-                    raise self._translate_any(exc) from exc
-                continue
-            except RedisError as exc:
-                raise self._translate(exc) from exc
-            finally:
-                if conn is not None and not holding:
-                    self._spare.append(conn)
-            for reply in replies:
-                if isinstance(reply, RedisError):
-                    raise self._translate(reply) from reply
-            return replies
-        raise AssertionError("unreachable")
-
-    def _take_connection(self) -> Any:
-        """Return a spare connection (skipping the pool's per-checkout checks) or a new one."""
-        if self._spare_pid != os.getpid():  # forked: the parent's sockets are not ours
-            self._spare, self._spare_pid = [], os.getpid()
-        try:
-            return self._spare.pop()
-        except IndexError:
-            return self.client.connection_pool.make_connection()
-
-    def send_ahead(self, calls: Sequence[ScriptCall]) -> Sent:
-        """Write calls on the calling thread's held connection without waiting for their replies.
-
-        The connection carries nothing else until receive() has read them, from this
-        thread or another; a connection given back with replies unread is closed.
-        """
-        assert getattr(self._held, "active", False), "send_ahead needs hold_connection()"
-        conn = self._held.conn
-        try:
-            if conn is None:
-                conn = self._held.conn = self._take_connection()
-            self._write(conn, calls)
-        except (RedisError, OSError) as exc:
-            if conn is not None:
-                conn.disconnect()
-            raise self._translate_any(exc) from exc
-        conn.conveyor_unread = True
-        return Sent(conn=conn, calls=calls)
-
-    def receive(self, sent: Sent) -> list[Any]:
-        """Read the replies to a send_ahead() (NOSCRIPT calls are sent again, as run() does)."""
-        conn = sent.conn
-        if not getattr(conn, "conveyor_unread", False):  # closed when its thread gave it back
-            raise RedisUnavailable("the replies sent ahead were dropped with their connection")
-        try:
-            replies = self._complete(conn, sent.calls, self._read(conn, len(sent.calls)))
-        except (RedisError, OSError) as exc:
-            conn.disconnect()
-            raise self._translate_any(exc) from exc
-        finally:
-            conn.conveyor_unread = False
-        for reply in replies:
-            if isinstance(reply, RedisError):
-                raise self._translate(reply) from reply
-        return replies
-
-    def _exchange(self, conn: Any, calls: Sequence[ScriptCall]) -> list[Any]:
-        """Send the calls; load scripts Redis lost and send again only the calls that needed them."""
-        return self._complete(conn, calls, self._send(conn, calls))
-
-    def _complete(self, conn: Any, calls: Sequence[ScriptCall], replies: list[Any]) -> list[Any]:
-        """Load scripts Redis lost and send again only the calls that failed with NOSCRIPT."""
-        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-        if missing:
-            for name in {calls[i].name for i in missing}:
-                conn.send_command("SCRIPT", "LOAD", script_source(name))
-                conn.read_response()
-            for i, reply in zip(missing, self._send(conn, [calls[i] for i in missing]), strict=True):
-                replies[i] = reply
-        return replies
-
-    @contextmanager
-    def hold_connection(self) -> Iterator[None]:
-        """Let the calling thread keep the connection run() first takes, until the block ends."""
-        self._held.active, self._held.conn = True, None
-        try:
-            yield
-        finally:
-            self._held.active = False
-            conn, self._held.conn = getattr(self._held, "conn", None), None
-            if conn is not None:
-                if getattr(conn, "conveyor_unread", False):  # replies nobody will read: drop them
-                    conn.disconnect()
-                    conn.conveyor_unread = False
-                self._spare.append(conn)
-
-    def _send(self, conn: Any, calls: Sequence[ScriptCall]) -> list[Any]:
-        self._write(conn, calls)
-        return self._read(conn, len(calls))
-
-    def _write(self, conn: Any, calls: Sequence[ScriptCall]) -> None:
-        commands = [("EVALSHA", self.script(c.name).sha, len(c.keys), *c.keys, *c.args) for c in calls]
-        if pack_command is not None:  # hiredis packs str/int arguments directly, without redis-py's pass
-            packed: Any = [b"".join(pack_command(cmd) for cmd in commands)]
-        else:
-            packed = conn.pack_commands(commands)
-        conn.send_packed_command(packed)
-
-    @staticmethod
-    def _read(conn: Any, count: int) -> list[Any]:
-        replies: list[Any] = []
-        for _ in range(count):
-            try:
-                replies.append(conn.read_response())
-            except ResponseError as exc:
-                replies.append(exc)
-        return replies
+        """Send script calls in one round trip (see Transport.run) and return their replies."""
+        return self.transport.run(calls)
 
     def renew(self, leases: Sequence[tuple[str, str, str]], lease_ms: int) -> list[bool]:
         """Renew the leases of (task id, queue, token) triples in one round trip; True where still ours."""
-        if not leases:
-            return []
-        script = self.script("renew")
-        with self._boundary():
-            pipe = self.client.pipeline(transaction=False)
-            for task_id, queue, token in leases:
-                keys = [self.keys.task(task_id), self.keys.running(queue)]
-                script(keys=keys, args=[task_id, token, lease_ms], client=pipe)
-            return [bool(r) for r in pipe.execute()]
+        k = self.keys
+        calls = [
+            ScriptCall(
+                name="renew", keys=[k.task(task_id), k.running(queue)], args=[task_id, token, lease_ms]
+            )
+            for task_id, queue, token in leases
+        ]
+        return [bool(r) for r in self.run(calls)] if calls else []
 
     def release(self, task_id: str, queue: str, token: str, *, started: bool = True) -> bool:
         """Give an unfinished task back to its queue; False when the lease was already lost.
@@ -511,8 +348,8 @@ class Store:
         k = self.keys
         keys = [k.task(task_id), k.running(queue), k.ready(queue), k.ready_since(queue), k.wake(queue)]
         args = [task_id, token, WAKE_CAP, "1" if started else "0"]
-        with self._boundary():
-            return bool(self.script("release")(keys=keys, args=args))
+        (released,) = self.run([ScriptCall(name="release", keys=keys, args=args)])
+        return bool(released)
 
     def reclaim(
         self,
@@ -534,8 +371,7 @@ class Store:
         for q in queues:
             keys += (k.running(q), k.ready(q), k.ready_since(q), k.wake(q))
         args = [limit, max_deliveries, failed_ttl, WAKE_CAP, lease_ms, outage_ms]
-        with self._boundary():
-            requeued, failed, held = self.script("reclaim")(keys=keys, args=args)
+        ((requeued, failed, held),) = self.run([ScriptCall(name="reclaim", keys=keys, args=args)])
         return Reclaimed(requeued=int(requeued), failed=int(failed), held_ms=int(held))
 
     def promote(self, queues: Sequence[str], *, limit: int) -> Promotion:
@@ -544,8 +380,9 @@ class Store:
         keys = [k.task_prefix, k.seq]
         for q in queues:
             keys += (k.scheduled(q), k.ready(q), k.ready_since(q), k.wake(q))
-        with self._boundary():
-            promoted, next_due, now_ms = self.script("promote")(keys=keys, args=[limit, WAKE_CAP])
+        ((promoted, next_due, now_ms),) = self.run(
+            [ScriptCall(name="promote", keys=keys, args=[limit, WAKE_CAP])]
+        )
         return Promotion(
             promoted=int(promoted),
             next_due_ms=None if int(next_due) < 0 else int(next_due),

@@ -24,10 +24,10 @@ from django.tasks import task_backends
 from django.tasks.base import Task, TaskResult
 from django.test import override_settings
 
+from devtools.redis_server import RedisProcess, find_server_binary
 from tests.chaos.fleet import Fleet
 from tests.chaos.ledger import Ledger, create
 from tests.conftest import tasks_setting
-from tests.redis_server import RedisProcess, find_server_binary
 
 CHAOS_DIR = Path(__file__).resolve().parent
 

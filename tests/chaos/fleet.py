@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devtools.redis_server import bounded_command, free_port
 from tests.conftest import ROOT
-from tests.redis_server import bounded_command, free_port
 
 POLL = 0.05  # seconds between two looks of wait_until
 

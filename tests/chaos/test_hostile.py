@@ -32,7 +32,7 @@ def plant(backend: RedisBackend, fields: dict[str, str | bytes], *, queue: str =
     keys = backend.keys
 
     def write(client: Any) -> None:
-        score = 90 * 2**44 + int(client.incr(keys.seq))
+        score = codec.ready_score(10, int(client.incr(keys.seq)))
         pipe = client.pipeline()
         pipe.hset(keys.task(task_id), mapping={**fields, "score": str(score)})
         pipe.zadd(keys.ready(queue), {task_id: score})

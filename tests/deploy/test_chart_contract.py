@@ -23,7 +23,7 @@ import redis
 from conveyor.keys import Keys
 
 from tests.deploy.helm_chart import ROOT, Manifest, Render, container, rendered
-from tests.redis_server import RedisProcess, free_port
+from devtools.redis_server import RedisProcess, free_port
 
 pytestmark = [pytest.mark.deploy, pytest.mark.subprocess]
 

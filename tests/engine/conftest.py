@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import pytest
 
-from tests.redis_server import free_port
+from devtools.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE_DIR = ROOT / "deploy" / "engine"

@@ -12,7 +12,7 @@ from django.tasks.base import TaskResult
 from django.tasks.signals import task_enqueued
 from django.test import override_settings
 
-from tests.redis_server import free_port
+from devtools.redis_server import free_port
 
 BackendFactory = Callable[..., RedisBackend]
 

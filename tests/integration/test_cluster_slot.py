@@ -13,8 +13,8 @@ import pytest
 from conveyor import RedisBackend
 from django.tasks import TaskResultStatus
 
+from devtools.redis_server import find_server_binary, free_port
 from tests import tasks
-from tests.redis_server import find_server_binary, free_port
 
 from .conftest import BackendFactory
 

@@ -15,8 +15,8 @@ import pytest
 import redis
 from conveyor.exceptions import RedisUnavailable
 
+from devtools.redis_server import find_server_binary, free_port
 from tests import tasks
-from tests.redis_server import find_server_binary, free_port
 
 from .conftest import BackendFactory
 

@@ -152,7 +152,7 @@ def test_ready_score_is_recorded_on_the_task(backend: RedisBackend) -> None:
     stored = backend.store.call(lambda c: c.hget(backend.keys.task(result.id), "score"))
 
     assert stored is not None
-    assert int(stored) == score == (100 - 42) * 2**44 + 1
+    assert int(stored) == score == codec.ready_score(42, 1) == (100 - 42) * codec.PRIORITY_STEP + 1
 
 
 def test_scheduled_task_has_no_score_until_promoted(backend: RedisBackend) -> None:

@@ -15,8 +15,8 @@ from conveyor.exceptions import PayloadTooLarge, RedisUnavailable
 from django.tasks.base import TaskResult
 from django.tasks.exceptions import InvalidTaskBackend, TaskResultDoesNotExist
 
+from devtools.redis_server import RedisProcess
 from tests import tasks
-from tests.redis_server import RedisProcess
 
 from .conftest import BackendFactory
 

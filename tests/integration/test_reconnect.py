@@ -10,9 +10,9 @@ from conveyor.exceptions import RedisUnavailable
 from django.tasks import default_task_backend
 from django.test import override_settings
 
+from devtools.redis_server import RedisProcess, free_port
 from tests import tasks
 from tests.conftest import tasks_setting
-from tests.redis_server import RedisProcess, free_port
 
 
 def test_sync_calls_recover_after_a_redis_restart(own_redis: RedisProcess) -> None:

@@ -11,6 +11,7 @@ import pytest
 from conveyor import RedisBackend
 from conveyor.exceptions import ConveyorError, TaskTimeout
 from conveyor.store import Store
+from conveyor.transport import Transport
 from django.tasks import TaskResultStatus
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -165,10 +166,10 @@ def test_a_replayed_claim_returns_what_it_claimed_and_claims_nothing_more(backen
 def test_a_claim_whose_reply_is_lost_is_not_orphaned_by_the_retry(
     backend: RedisBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Store.run sends a call again when the connection drops after Redis ran it: no task is orphaned."""
+    """The transport sends a call again when the connection drops after Redis ran it: no task is orphaned."""
     store = backend.store
     first, second = tasks.noop_task.enqueue(), tasks.noop_task.enqueue()
-    real_read = Store._read
+    real_read = Transport._read
     dropped: list[bool] = []
 
     def drop_first_reply(conn: Any, count: int) -> list[Any]:
@@ -178,7 +179,7 @@ def test_a_claim_whose_reply_is_lost_is_not_orphaned_by_the_retry(
             raise RedisConnectionError("connection reset")
         return real_read(conn, count)
 
-    monkeypatch.setattr(Store, "_read", staticmethod(drop_first_reply))
+    monkeypatch.setattr(Transport, "_read", staticmethod(drop_first_reply))
     claimed = store.claim(["default"], "w", LEASE_MS, 1, "w:1")
 
     assert dropped

@@ -331,7 +331,7 @@ def claimed_fields(**overrides: Any) -> dict[bytes, bytes]:
         "worker_ids": '["w"]',
         "owner": "w",
         "deliveries": "1",
-        "score": str(100 * 2**44 + 17),
+        "score": str(codec.ready_score(0, 17)),
         "args": "[]",
         "kwargs": "{}",
     }

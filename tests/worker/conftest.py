@@ -30,8 +30,8 @@ from django.tasks import task_backends
 from django.tasks.base import TaskResult
 from django.test import override_settings
 
+from devtools.redis_server import free_port
 from tests.conftest import ROOT, tasks_setting
-from tests.redis_server import free_port
 
 # Generous bounds: something that takes 100 ms on a laptop may take seconds on a loaded CI runner.
 DEADLINE = 30.0
@@ -89,7 +89,7 @@ def plant(backend: RedisBackend, fields: dict[str, str], *, queue: str = "defaul
 
     def write(client: Any) -> None:
         seq = int(client.incr(keys.seq))
-        score = (100 - priority) * 2**44 + seq
+        score = codec.ready_score(priority, seq)
         now_ms = int(time.time() * 1000)
         pipe = client.pipeline()
         pipe.hset(keys.task(task_id), mapping={**fields, "score": str(score)})

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import redis
 
+from devtools.redis_server import RedisProcess
 from tests import tasks
-from tests.redis_server import RedisProcess
 
 from .conftest import WorkerFactory, real_backend, wait_finished
 

@@ -20,8 +20,8 @@ from conveyor_worker.logs import BatchingHandler, JsonFormatter, TaskLines, Text
 from conveyor_worker.metrics import Metrics
 from conveyor_worker.probes import Probes
 
+from devtools.redis_server import RedisProcess
 from tests import tasks
-from tests.redis_server import RedisProcess
 
 from . import worker_tasks
 from .conftest import SpawnWorker, real_backend, status_of, wait_finished, wait_until

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 from conveyor import RedisBackend
-from conveyor_worker import loop
-from conveyor_worker.loop import PARALLEL_ABOVE, PARK_ABOVE, SPILL_BELOW, Worker, pace
+from conveyor_worker import pacing, wakeups
+from conveyor_worker.pacing import pace
+from conveyor_worker.timings import PARALLEL_ABOVE, PARK_ABOVE, SPILL_BELOW
 from django.tasks import TaskResult, TaskResultStatus
 from django.tasks.signals import task_finished
 
@@ -60,7 +61,7 @@ def test_tasks_that_wait_spread_over_idle_processors(backend: object, make_worke
     """Tasks enqueued into an idle worker with four slots, each sleeping, all run at the same time."""
     b = real_backend()
     worker = make_worker(concurrency=4).start()
-    wait_until(lambda: worker.worker._idle == 4 or None, what="every processor idle")
+    wait_until(lambda: worker.worker.wakeups.idle == 4 or None, what="every processor idle")
 
     results = [worker_tasks.record_interval.enqueue(1.0) for _ in range(4)]
 
@@ -72,17 +73,17 @@ def test_tasks_that_wait_spread_over_idle_processors(backend: object, make_worke
 @pytest.fixture
 def claims_of_two(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make every claim ask for two tasks, whatever the backlog and the idle processors."""
-    monkeypatch.setattr(Worker, "_batch", lambda self: 2)
+    monkeypatch.setattr(wakeups, "batch_size", lambda **_: 2)
 
 
 def test_a_task_claimed_ahead_of_a_long_one_is_taken_by_an_idle_processor(
     backend: object, make_worker: WorkerFactory, claims_of_two: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One processor claims a long task and a short one; the short one runs on the other processor."""
-    monkeypatch.setattr(loop, "pace", lambda **_: "hold")  # only the hand-over can wake the other
+    monkeypatch.setattr(pacing, "pace", lambda **_: "hold")  # only the hand-over can wake the other
     b = real_backend()
     worker = make_worker(concurrency=2).start()
-    wait_until(lambda: worker.worker._idle == 2 or None, what="both processors idle")
+    wait_until(lambda: worker.worker.wakeups.idle == 2 or None, what="both processors idle")
     long = worker_tasks.record_interval.using(priority=10).enqueue(5.0)
     short = tasks.calculate_meaning_of_life.enqueue()
 
@@ -122,7 +123,7 @@ def test_a_drain_gives_back_tasks_claimed_ahead_as_never_started(
     backend: object, make_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """At the shutdown timeout, tasks claimed ahead go back to their queue without this worker's id."""
-    monkeypatch.setattr(Worker, "_batch", lambda self: 3)
+    monkeypatch.setattr(wakeups, "batch_size", lambda **_: 3)
     b = real_backend()
     running = worker_tasks.record_interval.using(priority=10).enqueue(3.0)
     ahead = [tasks.calculate_meaning_of_life.using(priority=5).enqueue(), tasks.noop_task.enqueue()]
@@ -143,10 +144,10 @@ def test_a_round_trip_sent_before_a_long_last_task_is_read_without_waiting_for_i
     backend: object, make_worker: WorkerFactory, claims_of_two: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Records and claims sent ahead of a batch's long last task land within moments, not after it."""
-    monkeypatch.setattr(loop, "pace", lambda **_: "hold")  # only hand-overs wake the other processor
+    monkeypatch.setattr(pacing, "pace", lambda **_: "hold")  # only hand-overs wake the other processor
     b = real_backend()
     worker = make_worker(concurrency=2).start()
-    wait_until(lambda: worker.worker._idle == 2 or None, what="both processors idle")
+    wait_until(lambda: worker.worker.wakeups.idle == 2 or None, what="both processors idle")
 
     first = tasks.calculate_meaning_of_life.using(priority=10).enqueue()  # claimed with the long one
     long = worker_tasks.record_interval.using(priority=5).enqueue(5.0)

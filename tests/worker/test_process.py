@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from django.tasks import TaskResultStatus
 
+from devtools.redis_server import RedisProcess, free_port
 from tests import tasks
-from tests.redis_server import RedisProcess, free_port
 
 from . import worker_tasks
 from .conftest import (

@@ -14,8 +14,8 @@ from conveyor.store import Store
 from conveyor_worker.metrics import Metrics
 from conveyor_worker.probes import Probes
 
+from devtools.redis_server import RedisProcess
 from tests import tasks
-from tests.redis_server import RedisProcess
 
 from .conftest import real_backend
 from .test_observability import metric

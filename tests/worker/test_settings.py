@@ -2,28 +2,48 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conveyor_worker.settings import QueueSelection, SettingError, WorkerSettings, load_settings
+from conveyor_worker.settings import SPEC, QueueSelection, SettingError, WorkerSettings, load_settings
 
 from tests.conftest import ROOT
 
 from .conftest import DEADLINE, worker_env
 
 
+def _documented_defaults() -> dict[str, tuple[str, str]]:
+    """Return env variable -> (flag, default cell) from the table in docs/worker-interface.md."""
+    rows = {}
+    for line in (ROOT / "docs" / "worker-interface.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`CONVEYOR_"):
+            rows[cells[0].strip("`")] = (cells[1].strip("`"), cells[2])
+    return rows
+
+
 def test_defaults_match_the_interface_document() -> None:
-    """With nothing set, every value is the documented default."""
-    s = load_settings([], {})
-    assert (s.backend, s.concurrency, s.batch, s.max_tasks) == ("default", 8, False, 0)
-    assert (s.shutdown_timeout, s.lease, s.health_port, s.health_host) == (25.0, 30.0, 8080, "0.0.0.0")
-    assert (s.log_format, s.log_level, s.allowed_task_modules) == ("json", "INFO", None)
-    assert (s.max_deliveries, s.metrics_only, s.pod_deletion_cost) == (5, False, False)
-    assert s.queues == QueueSelection()
-    assert s.worker_id  # host name plus a random suffix
+    """Every setting is in the document with its flag, and its documented default is the default."""
+    documented = _documented_defaults()
+    spec = {env: (name, flag) for name, env, flag, _, _ in SPEC}
+    assert set(documented) == set(spec)
+    defaults = load_settings([], {})
+    for env, (flag, cell) in documented.items():
+        name, real_flag = spec[env]
+        assert flag == real_flag, env
+        literal = re.match(r"`([^`]*)`|(off)$", cell)
+        if literal is None:  # derived: the host name plus a suffix, or the project's INSTALLED_APPS
+            assert name in ("worker_id", "allowed_task_modules"), env
+            continue
+        # The documented default, set explicitly, gives the same settings as setting nothing.
+        explicit = load_settings([], {env: literal.group(1) or literal.group(2)})
+        assert getattr(explicit, name) == getattr(defaults, name), (env, cell)
+    assert defaults.worker_id  # host name plus a random suffix
+    assert defaults.allowed_task_modules is None  # the project's INSTALLED_APPS, less django.*
 
 
 def test_flags_win_over_the_environment() -> None:

@@ -19,9 +19,9 @@ from django.tasks import TaskResultStatus, task
 from django.tasks.signals import task_finished
 from django.test import override_settings
 
+from devtools.redis_server import RedisProcess, find_server_binary
 from tests import tasks
 from tests.conftest import tasks_setting
-from tests.redis_server import RedisProcess, find_server_binary
 
 from . import worker_tasks
 from .conftest import (

@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -17,12 +16,17 @@ from typing import TYPE_CHECKING
 from .settings import WorkerSettings, fail, load_or_exit
 
 if TYPE_CHECKING:
+    from conveyor.backend import RedisBackend
+    from conveyor.store import Store
+
+    from .exporter import Exporter
+    from .loop import Worker
     from .probes import Probes
 
 logger = logging.getLogger("conveyor_worker")
 
 
-def _setup_django(settings: WorkerSettings) -> object:
+def _setup_django(settings: WorkerSettings) -> RedisBackend:
     if not os.environ.get("DJANGO_SETTINGS_MODULE"):
         fail("DJANGO_SETTINGS_MODULE is not set; point it at your project's settings module")
     import django
@@ -67,55 +71,36 @@ def _serve_probes(probes: Probes, settings: WorkerSettings) -> int:
         )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the worker process; return its exit code."""
-    settings = load_or_exit(sys.argv[1:] if argv is None else argv, os.environ)
-    backend = _setup_django(settings)
-
-    from conveyor.backend import RedisBackend
+def _store(backend: RedisBackend, settings: WorkerSettings) -> Store:
+    """Return the worker's Store: a pool large enough for every processor plus the other threads."""
     from conveyor.store import Store
 
-    from .logs import configure_logging
-    from .loop import State, Worker
-    from .metrics import Metrics
-    from .podcost import PodDeletionCost
-    from .probes import Probes
+    pool_size = max(backend.settings.max_connections, settings.concurrency + 8)
+    return Store(
+        dataclasses.replace(backend.settings, max_connections=pool_size),
+        backend.keys,
+        client_name=f"conveyor-worker:{settings.worker_id}",
+    )
 
-    assert isinstance(backend, RedisBackend)
-    configure_logging(settings.log_format, settings.log_level)
+
+def _allowed_modules(backend: RedisBackend, settings: WorkerSettings) -> tuple[str, ...]:
     allowed = settings.allowed_task_modules or backend.allowed_task_modules()
     if not allowed:
         fail(
             "CONVEYOR_ALLOWED_TASK_MODULES (--allowed-task-modules) is empty, OPTIONS has no "
             "ALLOWED_TASK_MODULES, and INSTALLED_APPS has no project app to default to"
         )
-    pool_size = max(backend.settings.max_connections, settings.concurrency + 8)
-    store = Store(
-        dataclasses.replace(backend.settings, max_connections=pool_size),
-        backend.keys,
-        client_name=f"conveyor-worker:{settings.worker_id}",
-    )
-    metrics = Metrics(settings.concurrency)
-    pod_cost = PodDeletionCost.from_environment() if settings.pod_deletion_cost else None
-    worker = Worker(
-        settings, backend, store, allowed, metrics, on_busy_change=pod_cost.update if pod_cost else None
-    )
-    if settings.metrics_only:
-        worker.state = State.READY
-        worker.redis_ok = True
+    return tuple(allowed)
 
-    def queues() -> list[str]:
-        return settings.queues.resolve(store.known_queues())
 
-    probes = Probes(
-        store=store,
-        metrics=metrics,
-        queues=queues,
-        alive=worker.alive,
-        ready=lambda: worker.ready or (settings.metrics_only and worker.state is State.READY),
-    )
-    port = _serve_probes(probes, settings) if settings.health_port else None
+def _on_signals(worker: Worker | Exporter, settings: WorkerSettings) -> None:
+    """The first SIGTERM/SIGINT drains; a second exits at once. An exporter stops on any."""
+    from .exporter import Exporter
 
+    if isinstance(worker, Exporter):  # nothing to drain: every signal stops it
+        signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
+        signal.signal(signal.SIGINT, lambda *_: worker.request_stop())
+        return
     signals_seen = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -132,6 +117,40 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the worker process; return its exit code."""
+    settings = load_or_exit(sys.argv[1:] if argv is None else argv, os.environ)
+    backend = _setup_django(settings)
+
+    from .exporter import Exporter
+    from .logs import configure_logging
+    from .loop import Worker
+    from .metrics import Metrics
+    from .podcost import PodDeletionCost
+    from .probes import Probes
+
+    configure_logging(settings.log_format, settings.log_level)
+    allowed = _allowed_modules(backend, settings)
+    store = _store(backend, settings)
+    metrics = Metrics(settings.concurrency)
+    pod_cost = PodDeletionCost.from_environment() if settings.pod_deletion_cost else None
+    worker: Worker | Exporter
+    if settings.metrics_only:
+        worker = Exporter()
+    else:
+        on_busy = pod_cost.update if pod_cost else None
+        worker = Worker(settings, backend, store, allowed, metrics, on_busy_change=on_busy)
+    probes = Probes(
+        store=store,
+        metrics=metrics,
+        queues=lambda: settings.queues.resolve(store.known_queues()),
+        alive=worker.alive,
+        ready=worker.ready if isinstance(worker, Exporter) else lambda: worker.ready,
+    )
+    port = _serve_probes(probes, settings) if settings.health_port else None
+    _on_signals(worker, settings)
     logger.info(
         "worker started",
         extra={
@@ -143,15 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "state": "metrics-only" if settings.metrics_only else "ready",
         },
     )
-    if settings.metrics_only:
-        stopped = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-        signal.signal(signal.SIGINT, lambda *_: stopped.set())
-        while not stopped.wait(1.0):
-            worker.loop_beat = worker.watch_beat = time.monotonic()
-        code = 0
-    else:
-        code = worker.run()
+    code = worker.run()
     probes.stop()
     if pod_cost:
         pod_cost.stop()

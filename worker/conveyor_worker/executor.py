@@ -36,7 +36,13 @@ UNKNOWN_TASK_DELAY_MAX = 60.0  # ...growing with the time it has waited, up to t
 
 @dataclass(slots=True, kw_only=True)
 class Attempt:
-    """One delivery of a task to this worker, from claim to its recorded outcome."""
+    """One delivery of a task to this worker, from claim to its recorded outcome.
+
+    What is known at preparation is fixed from then on. What changes later (when it
+    started, the thread inside it, whether an outcome was claimed, whether the lease
+    was lost) is read by the watchdog, the lease keeper and the pacer too, so it lives
+    behind _lock and its methods.
+    """
 
     task_id: str
     queue: str
@@ -46,16 +52,34 @@ class Attempt:
     rejection: str | None = None
     postpone: float | None = None  # seconds: give back unrun, due again after this delay
     timeout: float | None = None
-    started: float = field(default_factory=time.monotonic)
-    thread_id: int | None = None
-    lease_lost: bool = False
+    _started: float = field(default_factory=time.monotonic)
+    _thread_id: int | None = None
+    _lease_lost: bool = False
     _finalized: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
+    def started(self) -> float:
+        """Return when the task started (monotonic); until then, when the attempt was prepared."""
+        with self._lock:
+            return self._started
+
+    def begin(self) -> None:
+        """Start the attempt's clock: its timeout counts from now, not from any wait before."""
+        now = time.monotonic()
+        with self._lock:
+            self._started = now
+
+    @property
     def deadline(self) -> float | None:
         """Return the monotonic time at which the attempt times out, if it has a timeout."""
-        return None if self.timeout is None else self.started + self.timeout
+        with self._lock:
+            return None if self.timeout is None else self._started + self.timeout
+
+    def running_for(self, now: float) -> float | None:
+        """Return how long the task has run by now; None once its outcome was claimed."""
+        with self._lock:
+            return None if self._finalized else now - self._started
 
     @property
     def is_async(self) -> bool:
@@ -64,8 +88,9 @@ class Attempt:
 
     @property
     def finalized(self) -> bool:
-        """Tell whether an outcome was already recorded."""
-        return self._finalized
+        """Tell whether an outcome was already claimed."""
+        with self._lock:
+            return self._finalized
 
     def finalize(self) -> bool:
         """Claim the right to record the outcome; False if someone (the watchdog) already did."""
@@ -75,15 +100,39 @@ class Attempt:
             self._finalized = True
             return True
 
-    def interrupt(self, exc_type: type[BaseException]) -> bool:
-        """Raise exc_type in the thread running this attempt; False once that thread has left it."""
+    @property
+    def thread_id(self) -> int | None:
+        """Return the thread running the task, while one does."""
         with self._lock:
-            return self.thread_id is not None and interrupt_thread(self.thread_id, exc_type)
+            return self._thread_id
+
+    def enter(self, thread_id: int) -> None:
+        """Note that thread_id runs the task now."""
+        with self._lock:
+            self._thread_id = thread_id
 
     def leave(self) -> None:
         """Note that the thread is done with this attempt (it may go on to run another task)."""
         with self._lock:
-            self.thread_id = None
+            self._thread_id = None
+
+    def interrupt(self, exc_type: type[BaseException]) -> bool:
+        """Raise exc_type in the thread running this attempt; False once that thread has left it."""
+        with self._lock:
+            return self._thread_id is not None and interrupt_thread(self._thread_id, exc_type)
+
+    @property
+    def lease_lost(self) -> bool:
+        """Tell whether another delivery holds the task now."""
+        with self._lock:
+            return self._lease_lost
+
+    def lose_lease(self) -> bool:
+        """Note that another delivery holds the task now; True when this call is the first to say so."""
+        with self._lock:
+            first = not self._lease_lost
+            self._lease_lost = True
+            return first
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,7 +147,7 @@ class Verdict:
     duration: float = 0.0
 
 
-class Recorder(Protocol):
+class RecordVerdict(Protocol):
     """Store a verdict; False when the lease was lost meanwhile. then() runs once it is stored."""
 
     def __call__(
@@ -126,11 +175,10 @@ def error_for(exc: BaseException) -> TaskError:
 class Executor:
     """Turn claimed records into attempts and run them with Django's semantics."""
 
-    def __init__(self, backend: RedisBackend, allowed_modules: tuple[str, ...], record: Recorder) -> None:
+    def __init__(self, backend: RedisBackend, allowed_modules: tuple[str, ...]) -> None:
         self.backend = backend
         self.sender = type(backend)
         self.allowed_modules = allowed_modules
-        self.record = record
 
     # -- preparing ---------------------------------------------------------------
 
@@ -193,7 +241,7 @@ class Executor:
         except ValueError:
             return UNKNOWN_TASK_PATIENCE
 
-    def reject(self, attempt: Attempt) -> None:
+    def reject(self, attempt: Attempt, record: RecordVerdict) -> None:
         """Record a rejected attempt as FAILED with its reason; nothing runs."""
         if not attempt.finalize():
             return
@@ -202,7 +250,7 @@ class Executor:
             traceback=f"conveyor.exceptions.RejectedTask: {attempt.rejection}\n",
         )
         errors = (*tuple(attempt.result.errors), error) if attempt.result else (error,)
-        self.record(attempt, Verdict(kind="rejected", finished_at=datetime.now(UTC), errors=errors))
+        record(attempt, Verdict(kind="rejected", finished_at=datetime.now(UTC), errors=errors))
 
     # -- running -----------------------------------------------------------------
 
@@ -212,11 +260,11 @@ class Executor:
             args.insert(0, TaskContext(task_result=result))
         return args, result.kwargs
 
-    def run_sync(self, attempt: Attempt) -> None:
+    def run_sync(self, attempt: Attempt, record: RecordVerdict) -> None:
         """Run a synchronous task in the calling thread."""
         result = attempt.result
         assert result is not None
-        attempt.thread_id = threading.get_ident()
+        attempt.enter(threading.get_ident())
         try:  # a raising receiver fails the attempt; outside the try it would leak the slot
             task_started.send(sender=self.sender, task_result=result)
             close_old_connections()
@@ -224,14 +272,14 @@ class Executor:
             raw = result.task.call(*args, **kwargs)
             value, text = codec.encode_return_value(raw, max_nesting=self.backend.settings.max_nesting)
         except BaseException as exc:
-            self._failed(attempt, exc)
+            self._failed(attempt, exc, record)
         else:
-            self._succeeded(attempt, value, text)
+            self._succeeded(attempt, value, text, record)
         finally:
             close_old_connections()
             attempt.leave()  # a late timeout interrupt must not land in this thread's next task
 
-    async def run_async(self, attempt: Attempt) -> None:
+    async def run_async(self, attempt: Attempt, record: RecordVerdict) -> None:
         """Run a coroutine task on the running event loop."""
         result = attempt.result
         assert result is not None
@@ -242,9 +290,9 @@ class Executor:
             raw = await self._await_with_timeout(attempt, result.task.acall(*args, **kwargs))
             value, text = codec.encode_return_value(raw, max_nesting=self.backend.settings.max_nesting)
         except BaseException as exc:
-            self._failed(attempt, exc)
+            self._failed(attempt, exc, record)
         else:
-            self._succeeded(attempt, value, text)
+            self._succeeded(attempt, value, text, record)
         finally:
             await sync_to_async(close_old_connections)()
 
@@ -266,14 +314,14 @@ class Executor:
         frame = sys._current_frames().get(attempt.thread_id or -1)
         return "" if frame is None else "\nIt was running:\n" + "".join(traceback.format_stack(frame))
 
-    def record_timeout(self, attempt: Attempt, where: str) -> None:
+    def record_timeout(self, attempt: Attempt, where: str, record: RecordVerdict) -> None:
         """Record the failure of a sync attempt the watchdog finalized for overrunning its timeout."""
         try:
             raise TaskTimeout(f"Task exceeded its timeout of {attempt.timeout:g}s{where}")
         except TaskTimeout as exc:
-            self._record_failure(attempt, exc)
+            self._record_failure(attempt, exc, record)
 
-    def _succeeded(self, attempt: Attempt, value: Any, text: str) -> None:
+    def _succeeded(self, attempt: Attempt, value: Any, text: str, record: RecordVerdict) -> None:
         if not attempt.finalize():
             return
         result = attempt.result
@@ -289,16 +337,16 @@ class Executor:
             duration=time.monotonic() - attempt.started,
         )
         # A success may be stored a moment later, with the next round trip: then() runs then.
-        self.record(attempt, verdict, lambda: task_finished.send(self.sender, task_result=result))
+        record(attempt, verdict, lambda: task_finished.send(self.sender, task_result=result))
 
-    def _failed(self, attempt: Attempt, exc: BaseException) -> bool:
+    def _failed(self, attempt: Attempt, exc: BaseException, record: RecordVerdict) -> bool:
         """Record a failed attempt; call only inside an except block (receivers read exc_info)."""
         if not attempt.finalize():
             return False
-        self._record_failure(attempt, exc)
+        self._record_failure(attempt, exc, record)
         return True
 
-    def _record_failure(self, attempt: Attempt, exc: BaseException) -> None:
+    def _record_failure(self, attempt: Attempt, exc: BaseException, record: RecordVerdict) -> None:
         """Record a finalized attempt's failure: a retry while attempts are left, else FAILED."""
         result = attempt.result
         assert result is not None
@@ -308,7 +356,7 @@ class Executor:
         if result.attempts < int(getattr(task, "max_attempts", 1)):
             object.__setattr__(result, "status", TaskResultStatus.READY)
             delay = backoff_seconds(task, result.attempts)
-            self.record(
+            record(
                 attempt,
                 Verdict(kind="retry", errors=tuple(result.errors), retry_delay=delay, duration=duration),
             )
@@ -317,7 +365,7 @@ class Executor:
         object.__setattr__(result, "finished_at", finished)
         object.__setattr__(result, "status", TaskResultStatus.FAILED)
         verdict = Verdict(kind="failed", finished_at=finished, errors=tuple(result.errors), duration=duration)
-        if self.record(attempt, verdict):
+        if record(attempt, verdict):
             task_finished.send(self.sender, task_result=result)
 
     @staticmethod

@@ -70,7 +70,8 @@ class Processors:
 
     def is_retired(self, thread_id: int) -> bool:
         """Tell whether a thread was retired (it must stop after its current task)."""
-        return thread_id in self._retired
+        with self._lock:
+            return thread_id in self._retired
 
     def retire(self, thread_id: int) -> bool:
         """Stop using a thread that is stuck in a task and start a replacement; False if unknown."""
@@ -106,6 +107,9 @@ class AsyncRunner:
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Start the loop's thread."""
         self._thread.start()
 
     def _run(self) -> None:

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
+from .timings import blocking_wait
+
 WORKER_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -145,7 +147,7 @@ def _port(text: str) -> int:
 
 
 # field name, environment variable, flag, parser, is it a boolean flag
-_SPEC: tuple[tuple[str, str, str, Callable[[str], Any], bool], ...] = (
+SPEC: tuple[tuple[str, str, str, Callable[[str], Any], bool], ...] = (
     ("backend", "CONVEYOR_BACKEND", "--backend", str.strip, False),
     ("queues", "CONVEYOR_QUEUES", "--queues", _queues, False),
     ("concurrency", "CONVEYOR_CONCURRENCY", "--concurrency", _int(1), False),
@@ -184,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run conveyor tasks from Redis. Each flag has a CONVEYOR_* environment "
         "variable; the flag wins.",
     )
-    for name, env, flag, _, is_bool in _SPEC:
+    for name, env, flag, _, is_bool in SPEC:
         help_text = f"(env {env}, default {getattr(WorkerSettings(), name)!r})"
         if is_bool:
             parser.add_argument(
@@ -199,7 +201,7 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> WorkerSett
     """Parse flags over environment over defaults; raise SettingError naming the setting."""
     given = vars(build_parser().parse_args(list(argv)))
     values: dict[str, Any] = {}
-    for name, env, flag, parse, _ in _SPEC:
+    for name, env, flag, parse, _ in SPEC:
         raw = given[name] if given[name] is not None else environ.get(env)
         if raw is None:
             continue
@@ -210,7 +212,7 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> WorkerSett
     values.setdefault("worker_id", default_worker_id())
     settings = WorkerSettings(**values)
     # Block on Redis for at most a quarter lease, so renewals are never starved.
-    return replace(settings, block_seconds=min(settings.block_seconds, settings.lease / 4))
+    return replace(settings, block_seconds=blocking_wait(settings.block_seconds, settings.lease))
 
 
 def load_or_exit(argv: Sequence[str], environ: Mapping[str, str]) -> WorkerSettings:

@@ -99,12 +99,7 @@ while claimed < limit and pops < limit * 2 + 8 do
     at[record[i]] = i + 1
   end
   if at.status and record[at.status] == 'READY' then
-    local ids = at.worker_ids and record[at.worker_ids]
-    if not ids or ids == '[]' then
-      ids = '["' .. worker .. '"]'
-    else
-      ids = string.sub(ids, 1, -2) .. ',"' .. worker .. '"]'
-    end
+    local ids = json_list_append(at.worker_ids and record[at.worker_ids], json_worker_id(worker))
     local deliveries = string.format('%d', (at.deliveries and tonumber(record[at.deliveries]) or 0) + 1)
     local fence = string.format('%d', (at.fence and tonumber(record[at.fence]) or 0) + 1)
     local token = worker .. '#' .. fence

@@ -7,8 +7,7 @@
 -- ARGV[4] due time in ms since the epoch, "" for now   ARGV[5] wake list cap
 -- ARGV[6..] field, value pairs of the record
 -- Returns 1 when stored, 0 when a task with this id already exists (a retried call).
--- Ready score: (100 - priority) * 2^44 + seq, so ZPOPMIN gives the highest priority
--- first and enqueue order within a priority; scores stay exact doubles below 2^53.
+-- Ready score: ready_score() in _lib.lua.
 -- This runs once per enqueue, so it makes as few calls as it can: one HSET per record.
 -- Every key is checked for its type before the first write, so a key some other
 -- program wrote (or any WRONGTYPE) fails the call with nothing written.
@@ -31,7 +30,7 @@ if ARGV[4] ~= '' and tonumber(ARGV[4]) > now_ms then
   redis.call('ZADD', KEYS[4], ARGV[4], id)
 else
   local seq = redis.call('INCR', KEYS[6])
-  local score = string.format('%.0f', (100 - tonumber(ARGV[3])) * 17592186044416 + seq)
+  local score = ready_score(ARGV[3], seq)
   redis.call('HSET', KEYS[1], 'score', score, unpack(ARGV, 6))
   redis.call('ZADD', KEYS[2], score, id)
   redis.call('ZADD', KEYS[3], now_ms, id)

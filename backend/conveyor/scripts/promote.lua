@@ -18,7 +18,7 @@ for i = 0, nq - 1 do
     local priority = redis.call('HGET', key, 'priority')
     if priority then
       local seq = redis.call('INCR', KEYS[2])
-      local score = string.format('%.0f', (100 - tonumber(priority)) * 17592186044416 + seq)
+      local score = ready_score(priority, seq)
       redis.call('ZADD', ready, score, id)
       redis.call('ZADD', since, now_ms, id)
       redis.call('HSET', key, 'score', score)

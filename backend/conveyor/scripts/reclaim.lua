@@ -48,12 +48,7 @@ for i = 0, nq - 1 do
       end
       local err = cjson.encode({exception_class_path = 'conveyor.exceptions.WorkerLost',
         traceback = message .. '\n'})
-      local errors = redis.call('HGET', key, 'errors')
-      if not errors or errors == '[]' then
-        errors = '[' .. err .. ']'
-      else
-        errors = string.sub(errors, 1, -2) .. ',' .. err .. ']'
-      end
+      local errors = json_list_append(redis.call('HGET', key, 'errors'), err)
       redis.call('HDEL', key, 'owner')
       redis.call('HINCRBY', key, 'lost', 1)
       if poisoned then

@@ -21,13 +21,12 @@ redis.call('HDEL', KEYS[1], 'owner')
 redis.call('HINCRBY', KEYS[1], 'deliveries', -1)
 if ARGV[4] == '0' then
   local worker = string.match(ARGV[2], '^(.*)#%d+$') or ARGV[2]
-  local ids = redis.call('HGET', KEYS[1], 'worker_ids')
-  local mine = '"' .. worker .. '"]'
-  if ids == '[' .. mine then
-    redis.call('HSET', KEYS[1], 'worker_ids', '[]')
-    redis.call('HDEL', KEYS[1], 'started_at', 'last_attempted_at')
-  elseif ids and string.sub(ids, -#mine - 1) == ',' .. mine then
-    redis.call('HSET', KEYS[1], 'worker_ids', string.sub(ids, 1, -#mine - 2) .. ']')
+  local ids = json_list_drop_last(redis.call('HGET', KEYS[1], 'worker_ids'), json_worker_id(worker))
+  if ids then
+    redis.call('HSET', KEYS[1], 'worker_ids', ids)
+    if ids == '[]' then
+      redis.call('HDEL', KEYS[1], 'started_at', 'last_attempted_at')
+    end
   end
 end
 redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[1], 'score'), ARGV[1])

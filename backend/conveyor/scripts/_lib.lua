@@ -1,0 +1,38 @@
+-- _lib: prepended to every script (store.script_source), so each encoding below exists once.
+-- Tested against Python's encoding in tests/integration/test_lua_lib.py.
+
+-- The ready score: (100 - priority) * 2^44 + seq (codec.ready_score), so ZPOPMIN gives the
+-- highest priority first and enqueue order within a priority; exact doubles below 2^53.
+local function ready_score(priority, seq)
+  return string.format('%.0f', (100 - tonumber(priority)) * 17592186044416 + tonumber(seq))
+end
+
+-- A worker id as a JSON string: ids hold only [A-Za-z0-9._:-] (the worker's settings
+-- refuse anything else), so quoting them is their JSON encoding.
+local function json_worker_id(worker)
+  return '"' .. worker .. '"'
+end
+
+-- Append one JSON-encoded item to a JSON list kept as text ('[]', or nil for none yet).
+local function json_list_append(list, item)
+  if not list or list == '[]' then
+    return '[' .. item .. ']'
+  end
+  return string.sub(list, 1, -2) .. ',' .. item .. ']'
+end
+
+-- Drop a JSON-encoded item from the end of a JSON list kept as text; nil when it is not last.
+local function json_list_drop_last(list, item)
+  if not list then
+    return nil
+  end
+  if list == '[' .. item .. ']' then
+    return '[]'
+  end
+  local tail = ',' .. item .. ']'
+  if string.sub(list, -#tail) == tail then
+    return string.sub(list, 1, -#tail - 1) .. ']'
+  end
+  return nil
+end
+

@@ -1,0 +1,1 @@
+"""Development helpers the tests, the benchmarks and the demo share (never shipped)."""

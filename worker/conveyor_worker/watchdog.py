@@ -1,0 +1,75 @@
+"""The watchdog: its own thread finds sync attempts past their timeout and hands them to the recorder."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from conveyor.exceptions import TaskTimeout
+
+from .executor import Attempt, Executor
+from .lifecycle import Heartbeat
+from .recorder import Recorder
+from .runners import Processors
+from .slots import Slots
+from .timings import WATCH_SLEEP_MAX, WATCH_SLEEP_MIN
+
+
+class Watchdog:
+    """Detect sync attempts that overran their timeout; it never waits on Redis or on user code.
+
+    It holds no shared state: the attempts are Slots', the threads Processors', the
+    recording the Recorder's (on its own thread); its beat (for /livez) is a Heartbeat.
+    """
+
+    def __init__(self, slots: Slots, executor: Executor, threads: Processors, recorder: Recorder) -> None:
+        self._slots = slots
+        self._executor = executor
+        self._threads = threads
+        self._recorder = recorder
+        self._wake = threading.Event()
+        self._done = threading.Event()
+        self.beat = Heartbeat()
+
+    def start(self) -> None:
+        """Start the watchdog's thread."""
+        threading.Thread(target=self._watch, name="conveyor-watchdog", daemon=True).start()
+
+    def stop(self) -> None:
+        """End the watchdog's thread (the worker has stopped)."""
+        self._done.set()
+        self._wake.set()
+
+    def watch(self) -> None:
+        """Look again now: an attempt with a timeout has started."""
+        self._wake.set()
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            now = time.monotonic()
+            self.beat.beat()
+            next_wake = now + WATCH_SLEEP_MAX
+            for attempt in self._slots.attempts():
+                deadline = attempt.deadline
+                if deadline is None or attempt.is_async or attempt.finalized:
+                    continue
+                if now >= deadline:
+                    self._time_out(attempt)
+                else:
+                    next_wake = min(next_wake, deadline)
+            self._wake.wait(max(WATCH_SLEEP_MIN, next_wake - time.monotonic()))
+            self._wake.clear()
+
+    def _time_out(self, attempt: Attempt) -> None:
+        """Stop an attempt that overran; its failure is recorded on the recorder thread, not here."""
+        thread_id = attempt.thread_id
+        if thread_id is None:  # not started yet: its clock starts when it runs
+            return
+        if not attempt.finalize():  # it finished meanwhile
+            return
+        where = self._executor.where(attempt)
+        # The stuck thread is replaced at once so the slot is free; the interrupt ends
+        # the task at its next Python instruction (not inside a blocking C call).
+        self._threads.retire(thread_id)
+        attempt.interrupt(TaskTimeout)
+        self._recorder.time_out(attempt, where)
