@@ -19,13 +19,14 @@ class State(enum.StrEnum):
 class Lifecycle:
     """The worker's state, its Redis health and its exit code.
 
-    Owner of state, redis_ok and exit_code, all under _lock; stopping is an Event so any
+    Owner of state, redis_ok and exit_code, all under _lock (reentrant, as the first
+    SIGTERM's handler drains on the main thread wherever it was); stopping is an Event so any
     thread may wait on it. Only the main thread moves the state forward, except drain(),
     which a signal handler or a test may call from anywhere.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: a signal handler may drain() while its thread holds it
         self._state = State.STARTING
         self._redis_ok = False
         self._exit_code = 0

@@ -24,7 +24,9 @@ class Slots:
         self._max_tasks = max_tasks
         self._metrics = metrics
         self._on_busy_change = on_busy_change
-        self._lock = threading.Lock()  # a plain lock: cheaper to take than the condition built on it
+        # Reentrant, since a signal handler on the main thread (request_stop) may run while that
+        # thread holds it; taken with 'with self._lock', which costs no Python call, unlike a Condition.
+        self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._running: dict[str, Attempt] = {}
         self._claimed = 0

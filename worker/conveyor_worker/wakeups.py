@@ -25,7 +25,9 @@ class Wakeups:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()  # a plain lock: cheaper to take than the condition built on it
+        # Reentrant, since a signal handler on the main thread (request_stop) may run while that
+        # thread holds it; taken with 'with self._lock', which costs no Python call, unlike a Condition.
+        self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._idle = 0  # processors waiting on _cond
         self._announced = 0  # wake tokens taken by the main thread; a processor compares its own count
