@@ -235,6 +235,11 @@ class Worker:
         self.wakeups.went_idle.wait(timeout)
         self.wakeups.went_idle.clear()
 
+    def _all_idle(self) -> bool:
+        """Tell whether every processor waits for work and no task is claimed, running or unrecorded."""
+        idle = self.wakeups.idle == self.settings.concurrency
+        return idle and not self.pipeline.has_ahead() and not self.slots.busy
+
     def _tick(self) -> None:
         """Promote and reclaim when due, then rouse or pace the processors."""
         queues = self.maintenance.refresh_queues()
@@ -251,8 +256,9 @@ class Worker:
                 self._finish_run("max tasks reached")
                 return
             if self.settings.batch:
-                # Every processor found nothing; stop only if nothing is ready or due.
-                if self.maintenance.drained(queues):
+                # Stop only if nothing is ready or due and all are still idle (a task promoted
+                # above may be claimed, so not ready, and running: it may yet schedule a retry).
+                if self.maintenance.drained(queues) and self._all_idle():
                     self._finish_run("batch drained")
                     return
                 self.wakeups.announce()
