@@ -36,3 +36,16 @@ local function json_list_drop_last(list, item)
   return nil
 end
 
+
+-- Undo a claim's attempt on a task hash: drop the token's worker from the end of
+-- worker_ids, and with no attempt left, the attempt timestamps too.
+local function undo_attempt(key, token)
+  local worker = string.match(token, '^(.*)#%d+$') or token
+  local ids = json_list_drop_last(redis.call('HGET', key, 'worker_ids'), json_worker_id(worker))
+  if ids then
+    redis.call('HSET', key, 'worker_ids', ids)
+    if ids == '[]' then
+      redis.call('HDEL', key, 'started_at', 'last_attempted_at')
+    end
+  end
+end

@@ -18,14 +18,7 @@ redis.call('HSET', KEYS[1], 'status', 'READY', 'done_by', ARGV[2])
 redis.call('HSETNX', KEYS[1], 'unknown_since', string.format('%.0f', now_us))
 redis.call('HDEL', KEYS[1], 'owner')
 redis.call('HINCRBY', KEYS[1], 'deliveries', -1)
-local worker = string.match(ARGV[2], '^(.*)#%d+$') or ARGV[2]
-local ids = json_list_drop_last(redis.call('HGET', KEYS[1], 'worker_ids'), json_worker_id(worker))
-if ids then
-  redis.call('HSET', KEYS[1], 'worker_ids', ids)
-  if ids == '[]' then
-    redis.call('HDEL', KEYS[1], 'started_at', 'last_attempted_at')
-  end
-end
+undo_attempt(KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[3], string.format('%.0f', due), ARGV[1])
 redis.call('LPUSH', KEYS[4], '1')
 redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[4]) - 1)

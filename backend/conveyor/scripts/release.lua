@@ -20,14 +20,7 @@ redis.call('HSET', KEYS[1], 'status', 'READY', 'done_by', ARGV[2])
 redis.call('HDEL', KEYS[1], 'owner')
 redis.call('HINCRBY', KEYS[1], 'deliveries', -1)
 if ARGV[4] == '0' then
-  local worker = string.match(ARGV[2], '^(.*)#%d+$') or ARGV[2]
-  local ids = json_list_drop_last(redis.call('HGET', KEYS[1], 'worker_ids'), json_worker_id(worker))
-  if ids then
-    redis.call('HSET', KEYS[1], 'worker_ids', ids)
-    if ids == '[]' then
-      redis.call('HDEL', KEYS[1], 'started_at', 'last_attempted_at')
-    end
-  end
+  undo_attempt(KEYS[1], ARGV[2])
 end
 redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[1], 'score'), ARGV[1])
 redis.call('ZADD', KEYS[4], now_ms, ARGV[1])
