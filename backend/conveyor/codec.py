@@ -264,7 +264,17 @@ SCHEMA: tuple[Field, ...] = (
     Field(
         name="status",
         form="READY, RUNNING, SUCCESSFUL or FAILED",
-        written_by=("enqueue", "claim", "finish", "retry", "release", "postpone", "reclaim"),
+        written_by=(
+            "enqueue",
+            "claim",
+            "finish",
+            "retry",
+            "release",
+            "postpone",
+            "reclaim",
+            "cancel",
+            "requeue",
+        ),
         meaning="where the task is",
     ),
     Field(name="enqueued_at", form="µs", written_by=("enqueue",), meaning="when it was enqueued"),
@@ -281,7 +291,12 @@ SCHEMA: tuple[Field, ...] = (
         written_by=("claim", "release", "postpone"),
         meaning="latest attempt's start",
     ),
-    Field(name="finished_at", form="µs", written_by=("finish", "reclaim"), meaning="when it ended"),
+    Field(
+        name="finished_at",
+        form="µs",
+        written_by=("finish", "reclaim", "cancel", "requeue"),
+        meaning="when it ended",
+    ),
     Field(
         name="worker_ids",
         form="JSON list of text",
@@ -291,14 +306,16 @@ SCHEMA: tuple[Field, ...] = (
     Field(
         name="errors",
         form="JSON list of {exception_class_path, traceback}",
-        written_by=("finish", "retry", "reclaim"),
+        written_by=("finish", "retry", "reclaim", "cancel"),
         meaning="one per failed attempt; reclaim appends WorkerLost",
     ),
-    Field(name="result", form="JSON", written_by=("finish",), meaning="the return value of a success"),
+    Field(
+        name="result", form="JSON", written_by=("finish", "requeue"), meaning="the return value of a success"
+    ),
     Field(
         name="deliveries",
         form="integer",
-        written_by=("claim", "release", "postpone"),
+        written_by=("claim", "release", "postpone", "requeue"),
         meaning="claims that counted (one given back unrun does not)",
     ),
     Field(name="fence", form="integer", written_by=("claim",), meaning="claims so far"),
@@ -311,7 +328,7 @@ SCHEMA: tuple[Field, ...] = (
     Field(
         name="lost",
         form="integer",
-        written_by=("reclaim", "finish", "retry"),
+        written_by=("reclaim", "finish", "retry", "requeue"),
         meaning="deliveries lost since the last completed attempt: the next runs alone",
     ),
     Field(
@@ -323,14 +340,20 @@ SCHEMA: tuple[Field, ...] = (
     Field(
         name="unknown_since",
         form="µs",
-        written_by=("postpone",),
+        written_by=("postpone", "requeue"),
         meaning="first put back because its path did not import here",
     ),
     Field(
         name="score",
         form="integer, ready_score()",
-        written_by=("enqueue", "promote"),
+        written_by=("enqueue", "promote", "requeue"),
         meaning="its ready score",
+    ),
+    Field(
+        name="cancel",
+        form="µs",
+        written_by=("cancel", "requeue"),
+        meaning="when an operator cancelled it; a worker stops it, a claim fails it unstarted",
     ),
 )
 SCHEMA_BY_NAME = {f.name: f for f in SCHEMA}

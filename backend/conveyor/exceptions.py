@@ -39,3 +39,15 @@ class UnknownTaskPath(ConveyorError, TaskResultDoesNotExist):
 
 class ProjectMismatch(ConveyorError):
     """Another project already uses this Redis under the same KEY_PREFIX."""
+
+
+class TaskCancelled(ConveyorError):
+    """An operator cancelled the task (Django has no cancelled status: the task is FAILED with this)."""
+
+
+class UnknownTask(ConveyorError):
+    """No task has this id (it never existed, or its result expired or was purged)."""
+
+
+class UnknownQueue(ConveyorError):
+    """No task was ever enqueued to this queue name."""

@@ -54,6 +54,33 @@ class Keys:
         """Return the list idle workers block on to hear about new work in a queue."""
         return f"{self.tag}:wake:{queue}"
 
+    def failed(self, queue: str) -> str:
+        """Return the sorted set of a queue's FAILED task ids scored by finish time (ms)."""
+        return f"{self.tag}:failed:{queue}"
+
+    def succeeded(self, queue: str) -> str:
+        """Return the sorted set of a queue's SUCCESSFUL task ids scored by finish time (ms)."""
+        return f"{self.tag}:succeeded:{queue}"
+
+    def worker(self, worker_id: str) -> str:
+        """Return the string holding a live worker's heartbeat (JSON), expiring on its own."""
+        return f"{self.tag}:worker:{worker_id}"
+
+    @property
+    def workers(self) -> str:
+        """Return the sorted set of worker ids scored by when their heartbeat expires (ms)."""
+        return f"{self.tag}:workers"
+
+    @property
+    def paused(self) -> str:
+        """Return the set of paused queue names (claims skip them)."""
+        return f"{self.tag}:paused"
+
+    @property
+    def cancels(self) -> str:
+        """Return the counter bumped by every cancel of a running task (workers poll it)."""
+        return f"{self.tag}:cancels"
+
     @property
     def queues(self) -> str:
         """Return the set of every queue name that has seen a task."""

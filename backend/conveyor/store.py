@@ -27,6 +27,10 @@ from .transport import ScriptCall, Sent, Transport, script_sha, script_source
 
 __all__ = ["Claimed", "Promotion", "QueueStats", "Reclaimed", "ScriptCall", "Sent", "Store", "script_source"]
 
+# Answers of renew.lua besides 0 (the lease was lost).
+RENEWED = 1
+CANCEL_REQUESTED = 2
+
 # Idle workers block on a per-queue list; enqueue pushes one token and trims the list
 # so tokens from a busy period cannot pile up.
 WAKE_CAP = 256
@@ -43,11 +47,12 @@ class QueueStats:
     running: int
     oldest_ready_ms: int | None  # when the oldest ready task became ready (server ms)
     read_at_ms: int  # the server clock the counts were read by
+    paused: bool = False  # no worker claims from it: its ready and due tasks want no slot
 
     @property
     def work(self) -> int:
-        """Return the tasks that want a worker slot now: ready, due and running."""
-        return self.ready + self.due + self.running
+        """Return the tasks that want a worker slot now: ready, due and running (only running when paused)."""
+        return self.running if self.paused else self.ready + self.due + self.running
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -260,10 +265,11 @@ class Store:
         claim_id names this call, unique per worker: the same call sent again (its reply
         was lost) returns what the first one claimed instead of claiming more.
         """
-        keys = [self.keys.task_prefix, self.keys.claim_memo(claim_id)]
+        k = self.keys
+        keys = [k.task_prefix, k.claim_memo(claim_id), k.paused]
         for queue in queues:
-            keys += (self.keys.ready(queue), self.keys.ready_since(queue), self.keys.running(queue))
-        return ScriptCall(name="claim", keys=keys, args=[worker_id, lease_ms, count, self._memo_ms])
+            keys += (k.ready(queue), k.ready_since(queue), k.running(queue))
+        return ScriptCall(name="claim", keys=keys, args=[worker_id, lease_ms, count, self._memo_ms, *queues])
 
     @staticmethod
     def parse_claimed(flat: Sequence[Any], queues: Sequence[str]) -> tuple[list[Claimed], int]:
@@ -292,7 +298,9 @@ class Store:
         args: list[Any] = [task_id, token, status, ttl]
         for name, value in fields.items():
             args += (name, value)
-        return ScriptCall(name="finish", keys=[self.keys.task(task_id), self.keys.running(queue)], args=args)
+        k = self.keys
+        index = k.succeeded(queue) if status == "SUCCESSFUL" else k.failed(queue)
+        return ScriptCall(name="finish", keys=[k.task(task_id), k.running(queue), index], args=args)
 
     def finish(
         self, task_id: str, queue: str, token: str, status: str, ttl: int, fields: dict[str, str]
@@ -329,8 +337,12 @@ class Store:
         """Send script calls in one round trip (see Transport.run) and return their replies."""
         return self.transport.run(calls)
 
-    def renew(self, leases: Sequence[tuple[str, str, str]], lease_ms: int) -> list[bool]:
-        """Renew the leases of (task id, queue, token) triples in one round trip; True where still ours."""
+    def renew(self, leases: Sequence[tuple[str, str, str]], lease_ms: int) -> list[int]:
+        """Renew the leases of (task id, queue, token) triples in one round trip.
+
+        Each answer is RENEWED, CANCEL_REQUESTED (renewed, and an operator asked to cancel
+        the task) or 0 (the lease was lost).
+        """
         k = self.keys
         calls = [
             ScriptCall(
@@ -338,7 +350,7 @@ class Store:
             )
             for task_id, queue, token in leases
         ]
-        return [bool(r) for r in self.run(calls)] if calls else []
+        return [int(r) for r in self.run(calls)] if calls else []
 
     def release(self, task_id: str, queue: str, token: str, *, started: bool = True) -> bool:
         """Give an unfinished task back to its queue; False when the lease was already lost.
@@ -369,7 +381,7 @@ class Store:
         k = self.keys
         keys = [k.task_prefix, k.reclaim_state]
         for q in queues:
-            keys += (k.running(q), k.ready(q), k.ready_since(q), k.wake(q))
+            keys += (k.running(q), k.ready(q), k.ready_since(q), k.wake(q), k.failed(q))
         args = [limit, max_deliveries, failed_ttl, WAKE_CAP, lease_ms, outage_ms]
         ((requeued, failed, held),) = self.run([ScriptCall(name="reclaim", keys=keys, args=args)])
         return Reclaimed(requeued=int(requeued), failed=int(failed), held_ms=int(held))
@@ -399,7 +411,7 @@ class Store:
             return self.client.blpop(keys, timeout=max(timeout, 0.001)) is not None
 
     def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
-        """Read per-queue counts by the server clock: TIME, then five commands per queue in one trip."""
+        """Read per-queue counts by the server clock: TIME, then six commands per queue in one trip."""
         k = self.keys
         with self._boundary():
             seconds, micros = self.client.time()
@@ -411,10 +423,11 @@ class Store:
                 pipe.zcount(k.scheduled(q), "-inf", now_ms)  # due as promote sees it: score <= now
                 pipe.zcard(k.running(q))
                 pipe.zrange(k.ready_since(q), 0, 0, withscores=True)
+                pipe.sismember(k.paused, q)
             replies = pipe.execute() if queues else []
         stats = []
         for i, q in enumerate(queues):
-            ready, scheduled, due, running, oldest = replies[5 * i : 5 * i + 5]
+            ready, scheduled, due, running, oldest, paused = replies[6 * i : 6 * i + 6]
             stats.append(
                 QueueStats(
                     queue=q,
@@ -424,9 +437,169 @@ class Store:
                     running=int(running),
                     oldest_ready_ms=int(oldest[0][1]) if oldest else None,
                     read_at_ms=now_ms,
+                    paused=bool(paused),
                 )
             )
         return stats
+
+    def cancel_signal(self) -> int:
+        """Return the counter every cancel of a running task bumps (0 before the first)."""
+        with self._boundary():
+            value = self.client.get(self.keys.cancels)
+        return int(value or 0)  # type: ignore[arg-type]
+
+    def heartbeat(self, worker_id: str, description: str, ttl_ms: int) -> int:
+        """Note this worker alive with its JSON description for ttl_ms (0: it leaves); return server ms."""
+        k = self.keys
+        call = ScriptCall(
+            name="heartbeat", keys=[k.worker(worker_id), k.workers], args=[worker_id, description, ttl_ms]
+        )
+        (now_ms,) = self.run([call])
+        return int(now_ms)
+
+    def trim_indexes(self, queues: Sequence[str], *, result_ttl: int, failed_ttl: int, limit: int) -> int:
+        """Drop index entries of results past their TTL, at most limit per index; return how many."""
+        if not queues:
+            return 0
+        keys: list[str] = []
+        for q in queues:
+            keys += (self.keys.succeeded(q), self.keys.failed(q))
+        (dropped,) = self.run([ScriptCall(name="trim", keys=keys, args=[result_ttl, failed_ttl, limit])])
+        return int(dropped)
+
+    # -- operator side (conveyor.ops) -------------------------------------------------
+
+    def index_counts(self, queues: Sequence[str]) -> list[tuple[int, int]]:
+        """Return (failed, succeeded) results kept per queue, in one round trip."""
+        k = self.keys
+        with self._boundary():
+            pipe = self.client.pipeline(transaction=False)
+            for q in queues:
+                pipe.zcard(k.failed(q))
+                pipe.zcard(k.succeeded(q))
+            replies = pipe.execute() if queues else []
+        return [(int(replies[2 * i]), int(replies[2 * i + 1])) for i in range(len(queues))]
+
+    def newest(self, sets: Sequence[str], below: int | None, count: int) -> list[list[tuple[bytes, int]]]:
+        """Return, per sorted set, its entries scored at or below `below` (all when None), highest first.
+
+        Each set gives count entries more than it holds at exactly `below`, so a caller that
+        skips those it has seen (equal score, id not lower) still has count left.
+        """
+        top: Any = "+inf" if below is None else below
+        with self._boundary():
+            ties: list[Any] = [0] * len(sets)
+            if below is not None:
+                pipe = self.client.pipeline(transaction=False)
+                for key in sets:
+                    pipe.zcount(key, below, below)
+                ties = pipe.execute()
+            pipe = self.client.pipeline(transaction=False)
+            for key, tied in zip(sets, ties, strict=True):
+                pipe.zrevrangebyscore(key, top, "-inf", start=0, num=count + int(tied), withscores=True)
+            replies = pipe.execute() if sets else []
+        return [[(member, int(score)) for member, score in reply] for reply in replies]
+
+    def index_members(self, key: str, low: int | None, start: int, count: int) -> list[bytes]:
+        """Return up to count ids of a sorted set scored at or above low (all when None), lowest first."""
+        with self._boundary():
+            return self.client.zrangebyscore(  # type: ignore[return-value]
+                key, "-inf" if low is None else low, "+inf", start=start, num=count
+            )
+
+    def count_between(self, key: str, low: int | str, high: int | str) -> int:
+        """Return how many members of a sorted set score between low and high (inclusive)."""
+        with self._boundary():
+            return int(self.client.zcount(key, low, high))  # type: ignore[arg-type]
+
+    def fields_of(self, task_ids: Sequence[str], names: Sequence[str]) -> list[list[bytes | None]]:
+        """Return the named fields of many task hashes, in one round trip."""
+        with self._boundary():
+            pipe = self.client.pipeline(transaction=False)
+            for task_id in task_ids:
+                pipe.hmget(self.keys.task(task_id), list(names))
+            return pipe.execute() if task_ids else []  # type: ignore[no-any-return]
+
+    def due_at(self, queue: str, task_id: str) -> int | None:
+        """Return when a waiting task falls due (ms), None when it is not waiting."""
+        with self._boundary():
+            score = self.client.zscore(self.keys.scheduled(queue), task_id)
+        return None if score is None else int(score)  # type: ignore[arg-type]
+
+    def knows_queue(self, queue: str) -> bool:
+        """Tell whether a queue name has seen a task."""
+        with self._boundary():
+            return bool(self.client.sismember(self.keys.queues, queue))
+
+    def set_paused(self, queue: str, paused: bool) -> None:
+        """Add a queue to the paused set, or take it out."""
+        with self._boundary():
+            if paused:
+                self.client.sadd(self.keys.paused, queue)
+            else:
+                self.client.srem(self.keys.paused, queue)
+
+    def live_workers(self) -> tuple[int, list[bytes]]:
+        """Return the server time (ms) and the heartbeat JSON of every worker whose beat has not run out."""
+        k = self.keys
+        with self._boundary():
+            seconds, micros = self.client.time()
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
+            ids: list[bytes] = self.client.zrangebyscore(k.workers, now_ms, "+inf")  # type: ignore[assignment]
+            beats: list[bytes | None] = self.client.mget([k.worker(i.decode()) for i in ids]) if ids else []  # type: ignore[assignment]
+        return now_ms, [b for b in beats if b is not None]
+
+    def operator_calls(self, calls: Sequence[ScriptCall], per_trip: int = 100) -> list[Any]:
+        """Send many operator script calls, per_trip to a round trip; return their replies."""
+        replies: list[Any] = []
+        for start in range(0, len(calls), per_trip):
+            replies += self.run(calls[start : start + per_trip])
+        return replies
+
+    def cancel_call(self, task_id: str, queue: str, failed_ttl: int, by: str) -> ScriptCall:
+        """Return the script call that cancels one task (see cancel.lua)."""
+        k = self.keys
+        keys = [
+            k.task(task_id),
+            k.ready(queue),
+            k.ready_since(queue),
+            k.scheduled(queue),
+            k.failed(queue),
+            k.cancels,
+        ]
+        return ScriptCall(name="cancel", keys=keys, args=[task_id, failed_ttl, by])
+
+    def requeue_call(self, task_id: str, queue: str) -> ScriptCall:
+        """Return the script call that puts a FAILED task back in its queue (see requeue.lua)."""
+        k = self.keys
+        keys = [k.task(task_id), k.ready(queue), k.ready_since(queue), k.failed(queue), k.seq, k.wake(queue)]
+        return ScriptCall(name="requeue", keys=keys, args=[task_id, WAKE_CAP])
+
+    def delete_call(self, task_id: str, queue: str) -> ScriptCall:
+        """Return the script call that deletes one task no worker holds (see delete.lua)."""
+        k = self.keys
+        keys = [
+            k.task(task_id),
+            k.ready(queue),
+            k.ready_since(queue),
+            k.scheduled(queue),
+            k.failed(queue),
+            k.succeeded(queue),
+        ]
+        return ScriptCall(name="delete", keys=keys, args=[task_id])
+
+    def purge_index(self, index: str, status: str, cutoff_ms: int, batch: int) -> int:
+        """Delete up to batch finished tasks of one index finished by cutoff_ms; return entries removed."""
+        call = ScriptCall(name="purge", keys=[self.keys.task_prefix, index], args=[cutoff_ms, batch, status])
+        (removed,) = self.run([call])
+        return int(removed)
+
+    def drop_ready(self, queue: str, batch: int) -> int:
+        """Delete up to batch READY tasks of a queue (ready, then waiting); return entries removed."""
+        k = self.keys
+        keys = [k.task_prefix, k.ready(queue), k.ready_since(queue), k.scheduled(queue)]
+        (removed,) = self.run([ScriptCall(name="drop", keys=keys, args=[batch])])
+        return int(removed)
 
     def claim_project(self, project: str) -> str:
         """Name project as the owner of this prefix unless one already is; return the owner."""

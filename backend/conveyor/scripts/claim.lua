@@ -2,8 +2,10 @@
 -- in-flight sets under a lease, and mark them RUNNING for one delivery each.
 -- KEYS[1] task key prefix (the script appends a task id to it)
 -- KEYS[2] this claim's memo (a string key; what it claimed, for a replay of the call)
--- For queue i = 0..n-1: KEYS[3+3i] ready zset, KEYS[4+3i] ready-since zset,
---                       KEYS[5+3i] running zset (score = lease deadline in ms)
+-- KEYS[3] the set of paused queue names: their tasks are neither claimed nor counted
+-- For queue i = 0..n-1: KEYS[4+3i] ready zset, KEYS[5+3i] ready-since zset,
+--                       KEYS[6+3i] running zset (score = lease deadline in ms)
+-- ARGV[5..] the queue names, in the order of their keys (to look up in the paused set)
 -- ARGV[1] worker id ([A-Za-z0-9._:-] only)   ARGV[2] lease length in ms
 -- ARGV[3] most tasks to claim   ARGV[4] how long the memo is kept, in ms (longer than a
 --         client waits for a reply before it sends the call again)
@@ -22,7 +24,7 @@
 -- pops without a head scan, and one HGETALL both checks a task and becomes its reply
 -- (patched with what the HSET writes, as HGETALL after it would return).
 local worker = ARGV[1]
-local nq = (#KEYS - 2) / 3
+local nq = (#KEYS - 3) / 3
 local out = {}
 
 local memo = redis.call('GET', KEYS[2])
@@ -48,7 +50,18 @@ local now_text = t[1] .. string.sub('00000' .. t[2], -6) -- microseconds
 local deadline = string.format('%d', tonumber(string.sub(now_text, 1, -4)) + tonumber(ARGV[2]))
 local limit = tonumber(ARGV[3])
 local claimed, pops = 0, 0
-local heads = {} -- queue index -> head score, false when empty, nil when not read yet
+local heads = {} -- queue index -> head score, false when empty (or paused), nil when not read yet
+if redis.call('SCARD', KEYS[3]) > 0 then -- one call when nothing is paused
+  for i = 0, nq - 1 do
+    if redis.call('SISMEMBER', KEYS[3], ARGV[5 + i]) == 1 then
+      heads[i] = false
+    end
+  end
+  if nq == 1 and heads[0] == false then
+    out[#out + 1] = 0
+    return out
+  end
+end
 local memo_out = {}
 
 -- Statuses a task id may still have when it is popped from a ready set by a stale entry:
@@ -73,7 +86,7 @@ while claimed < limit and pops < limit * 2 + 8 do
     for i = 0, nq - 1 do
       local score = heads[i]
       if score == nil then
-        local head = redis.call('ZRANGE', KEYS[3 + 3 * i], '0', '0', 'WITHSCORES')
+        local head = redis.call('ZRANGE', KEYS[4 + 3 * i], '0', '0', 'WITHSCORES')
         score = head[1] and tonumber(head[2]) or false
         heads[i] = score
       end
@@ -86,12 +99,12 @@ while claimed < limit and pops < limit * 2 + 8 do
     end
     heads[best] = nil
   end
-  local id = redis.call('ZPOPMIN', KEYS[3 + 3 * best])[1]
+  local id = redis.call('ZPOPMIN', KEYS[4 + 3 * best])[1]
   if id == nil then
     break
   end
   pops = pops + 1
-  redis.call('ZREM', KEYS[4 + 3 * best], id)
+  redis.call('ZREM', KEYS[5 + 3 * best], id)
   local key = KEYS[1] .. id
   local record = redis.call('HGETALL', key) -- empty when the hash is gone
   local at = {} -- field name -> index of its value in the reply
@@ -103,7 +116,7 @@ while claimed < limit and pops < limit * 2 + 8 do
     local deliveries = string.format('%d', (at.deliveries and tonumber(record[at.deliveries]) or 0) + 1)
     local fence = string.format('%d', (at.fence and tonumber(record[at.fence]) or 0) + 1)
     local token = worker .. '#' .. fence
-    redis.call('ZADD', KEYS[5 + 3 * best], deadline, id)
+    redis.call('ZADD', KEYS[6 + 3 * best], deadline, id)
     if at.started_at then
       redis.call('HSET', key, 'status', 'RUNNING', 'last_attempted_at', now_text,
         'worker_ids', ids, 'owner', token, 'deliveries', deliveries, 'fence', fence)
@@ -132,7 +145,7 @@ while claimed < limit and pops < limit * 2 + 8 do
     -- staying in Redis forever. Its status is left for the decoder to see.
     local fence = string.format('%d', (at.fence and tonumber(record[at.fence]) or 0) + 1)
     local token = worker .. '#' .. fence
-    redis.call('ZADD', KEYS[5 + 3 * best], deadline, id)
+    redis.call('ZADD', KEYS[6 + 3 * best], deadline, id)
     redis.call('HSET', key, 'owner', token, 'fence', fence)
     put(record, at.owner, 'owner', token)
     put(record, at.fence, 'fence', fence)
@@ -150,7 +163,7 @@ if claimed > 0 then
   redis.call('SET', KEYS[2], cjson.encode(memo_out), 'PX', ARGV[4])
   for i = 0, nq - 1 do
     if heads[i] ~= false then -- a queue read empty above is still empty
-      waiting = waiting + redis.call('ZCARD', KEYS[3 + 3 * i])
+      waiting = waiting + redis.call('ZCARD', KEYS[4 + 3 * i])
     end
   end
 end
