@@ -4,7 +4,7 @@ import os
 
 SECRET_KEY = "tests-only-not-secret"
 USE_TZ = True
-INSTALLED_APPS: list[str] = []
+INSTALLED_APPS: list[str] = ["conveyor"]  # gives `manage.py conveyor`
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 TASKS = {
     "default": {
@@ -16,7 +16,7 @@ TASKS = {
         },
     }
 }
-# The test project has no apps; tasks come from the tests package.
+# The test project's only app is conveyor (for its command); tasks come from the tests package.
 if os.environ.get("CONVEYOR_TEST_ALLOW_LIST") != "none":
     TASKS["default"]["OPTIONS"]["ALLOWED_TASK_MODULES"] = ["tests"]
 LOGGING_CONFIG = None

@@ -56,8 +56,10 @@ class ConveyorTask(Task):
 
 
 def new_task_id() -> str:
-    """Return a fresh, unguessable task id."""
-    return secrets.token_urlsafe(24)
+    """Return a fresh, unguessable task id, never starting with "-" (read as an option on a command line)."""
+    while (task_id := secrets.token_urlsafe(24)).startswith("-"):
+        pass
+    return task_id
 
 
 class RedisBackend(BaseTaskBackend):
@@ -194,12 +196,16 @@ class RedisBackend(BaseTaskBackend):
             raise TaskResultDoesNotExist(f"{result_id}: the stored record is not usable ({exc!r})") from exc
 
     def allowed_task_modules(self) -> tuple[str, ...]:
-        """Return the module prefixes a stored task path may name (default: the project's apps)."""
+        """Return the module prefixes a stored task path may name (default: the project's own apps)."""
         if self.settings.allowed_task_modules:
             return self.settings.allowed_task_modules
         from django.apps import apps
 
-        return tuple(cfg.name for cfg in apps.get_app_configs() if not cfg.name.startswith("django."))
+        return tuple(
+            cfg.name
+            for cfg in apps.get_app_configs()
+            if not cfg.name.startswith("django.") and cfg.name.split(".")[0] != "conveyor"
+        )
 
     def project_name(self) -> str:
         """Return the name this project claims its KEY_PREFIX with: PROJECT, else the settings package."""

@@ -125,6 +125,8 @@ _CURSOR_RE = re.compile(r"^(-?[0-9]{1,20})\.([A-Za-z0-9_-]{1,64})$")
 # A task-path filter reads candidates' paths in chunks, at most this many per list() call.
 SCAN_CHUNK = 200
 SCAN_BUDGET = 5000
+# Retry reads and writes this many tasks per step, however many a filter matched.
+OPERATOR_CHUNK = 1000
 # Fields a list row is built from (a page reads them for its rows in one round trip).
 _SUMMARY_FIELDS = (
     "task",
@@ -252,7 +254,7 @@ class Operator:
                         slots=int(d.get("slots", 0)),
                         busy=int(d.get("busy", 0)),
                         started_at=datetime.fromisoformat(d["started_at"]),
-                        seen_at=datetime.fromisoformat(d.get("seen_at") or d["started_at"]),
+                        seen_at=datetime.fromtimestamp(int(d["seen_ms"]) / 1000, UTC),
                         version=str(d.get("version", "")),
                         state=str(d.get("state", "")),
                     )
@@ -325,18 +327,18 @@ class Operator:
             for (score, tid), values in zip(entries, rows, strict=True):
                 examined += 1
                 row = _summary(tid, values)
-                if row is None or tid in seen:
-                    continue
-                if (status is not None and row.status != status) or (
-                    task is not None and row.task_path != task
-                ):
-                    continue
-                if len(items) == limit:  # one more exists: the page ends before it
+                wanted = (
+                    row is not None
+                    and tid not in seen
+                    and (status is None or row.status == status)
+                    and (task is None or row.task_path == task)
+                )
+                if wanted and len(items) == limit:  # one more exists: the page ends before it
                     return Page(items=tuple(items), next_cursor=self._cursor(at))
-                seen.add(tid)
-                items.append(row)
-                at = (score, tid)
-            at = entries[-1] if task is not None or len(entries) < chunk else at
+                if wanted and row is not None:
+                    seen.add(tid)
+                    items.append(row)
+                at = (score, tid)  # past skipped entries too (results expired, not yet trimmed)
             if len(entries) < chunk:
                 return Page(items=tuple(items), next_cursor=None)
         return Page(items=tuple(items), next_cursor=self._cursor(at))
@@ -399,6 +401,11 @@ class Operator:
 
     def retry(self, task_ids: Sequence[str]) -> dict[str, RetryOutcome]:
         """Put FAILED tasks back in their queue as READY, keeping id, errors and worker ids."""
+        if len(task_ids) > OPERATOR_CHUNK:
+            done: dict[str, RetryOutcome] = {}
+            for start in range(0, len(task_ids), OPERATOR_CHUNK):
+                done |= self.retry(task_ids[start : start + OPERATOR_CHUNK])
+            return done
         queues = self._queues_of(task_ids)
         found = [(t, q) for t, q in queues.items() if q is not None]
         replies = self.store.operator_calls([self.store.requeue_call(t, q) for t, q in found])
@@ -514,16 +521,25 @@ class Operator:
                 total += removed
         return total
 
-    def purge_ready(self, queue: str, *, dry_run: bool = False, batch: int = 1000) -> int:
-        """Delete a queue's READY tasks (ready and waiting), in batches; return how many."""
+    def purge_ready(
+        self, queue: str, *, dry_run: bool = False, batch: int = 1000, limit: int | None = None
+    ) -> int:
+        """Delete a queue's READY tasks (ready and waiting), in batches, at most limit; return how many.
+
+        Tasks keep arriving meanwhile: pass the count a dry run showed as limit to delete no more.
+        """
         self._require_queue(queue)
         if dry_run:
-            return sum(
+            waiting = sum(
                 self.store.count_between(key, "-inf", "+inf")
                 for key in (self.keys.ready(queue), self.keys.scheduled(queue))
             )
+            return waiting if limit is None else min(limit, waiting)
         total = 0
-        while removed := self.store.drop_ready(queue, batch):
+        while limit is None or total < limit:
+            removed = self.store.drop_ready(queue, batch if limit is None else min(batch, limit - total))
+            if not removed:
+                break
             total += removed
         return total
 

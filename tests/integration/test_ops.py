@@ -44,7 +44,9 @@ def finish(backend: RedisBackend, claimed, status: str) -> None:  # type: ignore
     assert backend.store.finish(claimed.task_id, claimed.queue, claimed.token, status, ttl, fields)
 
 
-def finished_tasks(backend: RedisBackend, n: int, status: str, queue: str = "default", task=tasks.noop_task) -> list[str]:  # type: ignore[no-untyped-def]
+def finished_tasks(
+    backend: RedisBackend, n: int, status: str, queue: str = "default", task=tasks.noop_task
+) -> list[str]:  # type: ignore[no-untyped-def]
     """Enqueue, claim and finish n tasks; return their ids in finish order."""
     ids = [enqueue(backend, task, queue, i) for i in range(n)]
     done: list[str] = []
@@ -162,7 +164,8 @@ def test_status_lists_live_workers_from_their_heartbeats(make_backend: BackendFa
     ops = Operator(backend)
     now = datetime.now(UTC).isoformat()
     beat = {"id": "w1", "host": "pod-a", "pid": 7, "queues": ["*"], "slots": 4, "busy": 1}
-    beat |= {"started_at": now, "seen_at": now, "version": "0.1.0", "state": "ready"}
+    beat |= {"started_at": now, "version": "0.1.0", "state": "ready"}
+    before = backend.store.server_time_ms()
     backend.store.heartbeat("w1", json.dumps(beat), 60_000)
     backend.store.heartbeat("w2", json.dumps({**beat, "id": "w2"}), 1)  # runs out at once
     wait_for_server_ms(backend.store, backend.store.server_time_ms() + 5)
@@ -170,6 +173,7 @@ def test_status_lists_live_workers_from_their_heartbeats(make_backend: BackendFa
     (worker,) = ops.status().workers
 
     assert (worker.id, worker.host, worker.slots, worker.busy, worker.queues) == ("w1", "pod-a", 4, 1, ("*",))
+    assert before <= worker.seen_at.timestamp() * 1000 <= backend.store.server_time_ms()  # the server's clock
     backend.store.heartbeat("w1", "", 0)  # a clean stop leaves
     assert ops.workers() == ()
 
@@ -294,7 +298,11 @@ def test_retry_puts_a_failed_task_back_keeping_its_id_and_history(make_backend: 
     (task_id,) = finished_tasks(backend, 1, "FAILED")
     ready = enqueue(backend)
 
-    assert ops.retry([task_id, ready, "b" * 32]) == {task_id: "retried", ready: "not_failed", "b" * 32: "missing"}
+    assert ops.retry([task_id, ready, "b" * 32]) == {
+        task_id: "retried",
+        ready: "not_failed",
+        "b" * 32: "missing",
+    }
 
     assert consistent(backend, task_id) == "READY"
     assert backend.store.call(lambda c: c.ttl(backend.keys.task(task_id))) == -1  # no longer expires
@@ -359,7 +367,9 @@ def test_cancel_fails_a_ready_or_waiting_task_before_it_starts(make_backend: Bac
     backend = make_backend()
     ops = Operator(backend)
     ready = enqueue(backend)
-    later = backend.enqueue(tasks.noop_task.using(run_after=datetime.now(UTC) + timedelta(hours=1)), [], {}).id
+    later = backend.enqueue(
+        tasks.noop_task.using(run_after=datetime.now(UTC) + timedelta(hours=1)), [], {}
+    ).id
 
     assert ops.cancel([ready, later], by="alice") == {ready: "cancelled", later: "cancelled"}
 
@@ -440,7 +450,12 @@ def test_delete_removes_tasks_no_worker_holds(make_backend: BackendFactory) -> N
     running = enqueue(backend, tasks.noop_task, "emails")
     claim_all(backend, ["emails"])
 
-    assert ops.delete([done, ready, running, "d" * 32]) == {done: True, ready: True, running: False, "d" * 32: False}
+    assert ops.delete([done, ready, running, "d" * 32]) == {
+        done: True,
+        ready: True,
+        running: False,
+        "d" * 32: False,
+    }
     assert backend.store.get(done) == {} and backend.store.get(ready) == {}
     assert where(backend, done) == set() and where(backend, ready) == set()
     assert consistent(backend, running, "emails") == "RUNNING"
@@ -506,7 +521,9 @@ def test_purge_ready_drops_a_queues_waiting_tasks_only(make_backend: BackendFact
     backend = make_backend()
     ops = Operator(backend)
     ready = [enqueue(backend) for _ in range(5)]
-    later = backend.enqueue(tasks.noop_task.using(run_after=datetime.now(UTC) + timedelta(hours=1)), [], {}).id
+    later = backend.enqueue(
+        tasks.noop_task.using(run_after=datetime.now(UTC) + timedelta(hours=1)), [], {}
+    ).id
     running = enqueue(backend)
     backend.store.call(lambda c: c.zrem(backend.keys.ready("default"), running))
     backend.store.call(lambda c: c.hset(backend.keys.task(running), "status", "RUNNING"))
@@ -567,4 +584,25 @@ def test_purge_of_100_000_results_runs_in_bounded_batches(
     # Then it took 100 calls of at most 1,000 each, and nothing of the queue is left
     assert max(sizes) <= 1000 and len([s for s in sizes if s]) == 100
     assert store.call(lambda c: c.zcard(backend.keys.succeeded("bulk"))) == 0
-    assert store.call(lambda c: c.exists(backend.keys.task("bulk000000"), backend.keys.task("bulk099999"))) == 0
+    assert (
+        store.call(lambda c: c.exists(backend.keys.task("bulk000000"), backend.keys.task("bulk099999"))) == 0
+    )
+
+
+def test_purge_ready_deletes_no_more_than_the_count_agreed(make_backend: BackendFactory) -> None:
+    """Tasks keep arriving while an operator confirms: only the confirmed count goes."""
+    backend = make_backend()
+    ops = Operator(backend)
+    for _ in range(7):
+        enqueue(backend)
+    agreed = ops.purge_ready("default", dry_run=True)
+    for _ in range(3):
+        enqueue(backend)  # arrive while the prompt waits
+    assert ops.purge_ready("default", batch=2, limit=agreed) == 7
+    assert backend.store.call(lambda c: c.zcard(backend.keys.ready("default"))) == 3
+
+
+def test_new_task_ids_never_start_with_a_dash() -> None:
+    from conveyor.backend import new_task_id
+
+    assert not any(new_task_id().startswith("-") for _ in range(5000))
