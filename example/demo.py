@@ -101,7 +101,7 @@ def main() -> int:
             "--noreload",
             "--skip-checks",
         ],
-        env,
+        {**env, "DJANGO_DEBUG": "1"},  # the enqueue and result endpoints are demo-only: DEBUG turns them on
         "[web]   ",
     )
     worker = start(
@@ -148,9 +148,14 @@ def main() -> int:
         with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/metrics", timeout=5) as response:
             lines = [ln for ln in response.read().decode().splitlines() if ln.startswith("conveyor_tasks_")]
         print("\nworker /metrics:\n  " + "\n  ".join(lines) + "\n")
+        status = [sys.executable, str(ROOT / "example" / "manage.py"), "conveyor", "status"]
+        print("$ manage.py conveyor status", flush=True)
+        shown = subprocess.run(status, env=env, check=False).returncode == 0
         expected_failures = {"fails: division by zero"}
-        ok = len(results) == len(ids) and all(
-            (r["status"] == "FAILED") == (label in expected_failures) for label, r in results.items()
+        ok = (
+            shown
+            and len(results) == len(ids)
+            and all((r["status"] == "FAILED") == (label in expected_failures) for label, r in results.items())
         )
     finally:
         for proc in children:

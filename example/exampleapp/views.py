@@ -1,11 +1,19 @@
-"""A tiny HTTP API to enqueue example tasks and read their results."""
+"""A tiny HTTP API to enqueue example tasks and read their results: DEMO ONLY.
+
+The enqueue and result endpoints have no authentication, so they answer 404 unless DEBUG is on
+(DJANGO_DEBUG=1, as the demo and the compose stack set it). Never turn DEBUG on in production;
+operators use the admin (/admin/) instead.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import timedelta
+from functools import wraps
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.conf import settings
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.tasks import default_task_backend
 from django.tasks.base import Task, TaskResult
 from django.tasks.exceptions import TaskResultDoesNotExist
@@ -23,6 +31,18 @@ TASKS: dict[str, Task] = {
     "flaky_report": tasks.flaky_report,
     "sleep": tasks.sleep,
 }
+
+
+def demo_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Answer 404 unless DEBUG is on: the wrapped endpoint is unauthenticated, for the demo only."""
+
+    @wraps(view)
+    def guarded(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        if not settings.DEBUG:
+            raise Http404("demo-only endpoint, disabled unless DEBUG is on")
+        return view(request, *args, **kwargs)
+
+    return guarded
 
 
 def describe(result: TaskResult) -> dict[str, object]:
@@ -45,10 +65,15 @@ def describe(result: TaskResult) -> dict[str, object]:
 
 @require_GET
 def index(request: HttpRequest) -> HttpResponse:
-    """List the tasks that can be enqueued."""
-    return JsonResponse(
-        {"tasks": sorted(TASKS), "enqueue": "POST /enqueue/<name> with JSON {args, kwargs, delay}"}
-    )
+    """List the tasks that can be enqueued, and say whether the demo-only API is on."""
+    if settings.DEBUG:
+        api = (
+            "DEMO ONLY, unauthenticated, on because DEBUG is on: POST /enqueue/<name> with JSON "
+            "{args, kwargs, delay}; GET /results/<id>"
+        )
+    else:
+        api = "disabled: the unauthenticated enqueue and result endpoints answer only when DEBUG is on (demo)"
+    return JsonResponse({"tasks": sorted(TASKS), "enqueue": api, "admin": "/admin/"})
 
 
 @require_GET
@@ -58,9 +83,10 @@ def healthz(request: HttpRequest) -> HttpResponse:
 
 
 @csrf_exempt
+@demo_only
 @require_POST
 def enqueue(request: HttpRequest, name: str) -> HttpResponse:
-    """Enqueue a task by name with JSON {"args": [...], "kwargs": {...}, "delay": seconds}."""
+    """Enqueue a task by name with JSON {"args": [...], "kwargs": {...}, "delay": seconds} (demo only)."""
     task = TASKS.get(name)
     if task is None:
         return JsonResponse({"error": f"unknown task {name!r}"}, status=404)
@@ -75,9 +101,10 @@ def enqueue(request: HttpRequest, name: str) -> HttpResponse:
     return JsonResponse(describe(result), status=202)
 
 
+@demo_only
 @require_GET
 def result(request: HttpRequest, result_id: str) -> HttpResponse:
-    """Return a task result by id."""
+    """Return a task result by id (demo only)."""
     try:
         found = default_task_backend.get_result(result_id)
     except TaskResultDoesNotExist:

@@ -1,0 +1,1 @@
+"""conveyor's Django admin: add "conveyor.contrib.admin" to INSTALLED_APPS (after django.contrib.admin)."""
