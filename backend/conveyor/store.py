@@ -532,12 +532,17 @@ class Store:
             return bool(self.client.sismember(self.keys.queues, queue))
 
     def set_paused(self, queue: str, paused: bool) -> None:
-        """Add a queue to the paused set, or take it out."""
+        """Add a queue to the paused set, or take it out and wake an idle worker for its tasks."""
+        k = self.keys
         with self._boundary():
             if paused:
-                self.client.sadd(self.keys.paused, queue)
-            else:
-                self.client.srem(self.keys.paused, queue)
+                self.client.sadd(k.paused, queue)
+                return
+            pipe = self.client.pipeline(transaction=True)
+            pipe.srem(k.paused, queue)
+            pipe.lpush(k.wake(queue), "1")
+            pipe.ltrim(k.wake(queue), 0, WAKE_CAP - 1)
+            pipe.execute()
 
     def live_workers(self) -> tuple[int, list[bytes]]:
         """Return the server time (ms) and the heartbeat JSON of every worker whose beat has not run out."""

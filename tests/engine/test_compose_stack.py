@@ -6,6 +6,7 @@ a Redis restart. Every wait is bounded.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 
@@ -55,6 +56,15 @@ def test_task_enqueued_through_web_runs_on_a_worker(stack: Stack) -> None:
     assert result["attempts"] == 1
     assert len(result["worker_ids"]) == 1
     stack.first_result_id = task_id
+
+
+def test_the_operator_command_runs_in_the_worker_image(stack: Stack) -> None:
+    """`python -m django conveyor status --json` in a worker container sees the live workers."""
+    (worker, *_) = stack.containers("worker")
+    out = stack.docker("exec", str(worker["Name"]), "python", "-m", "django", "conveyor", "status", "--json")
+    status = json.loads(out)
+    assert {q["queue"] for q in status["queues"]} >= {"default"}
+    assert len(status["workers"]) >= 1 and all(w["state"] == "ready" for w in status["workers"])
 
 
 def test_three_workers_share_the_work(stack: Stack) -> None:

@@ -478,8 +478,11 @@ def test_a_paused_queue_is_not_claimed_from_and_not_counted_as_waiting(make_back
     (stats,) = store.queue_stats(["emails"])
     assert stats.paused and stats.ready == 3 and stats.work == 0
     enqueue(backend, tasks.noop_task, "emails")  # tasks keep arriving
+    store.call(lambda c: c.delete(backend.keys.wake("emails")))  # idle workers took every token
 
     ops.resume("emails")
+
+    assert store.call(lambda c: c.llen(backend.keys.wake("emails"))) == 1  # an idle worker wakes for it
 
     assert len(store.claim(["emails"], WORKER, LONG_LEASE_MS, 10)) == 4
     assert set(mail) <= members(backend, backend.keys.running("emails"))

@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -329,7 +329,9 @@ def spawn_worker(redis_url: str, prefix: str) -> Iterator[SpawnWorker]:
     """Start worker subprocesses on the test's prefix; every one still running is SIGKILLed after."""
     started: list[WorkerProcess] = []
 
-    def spawn(*flags: str, url: str | None = None, **env: str) -> WorkerProcess:
+    def spawn(
+        *flags: str, url: str | None = None, entry: Sequence[str] = ("-m", "conveyor_worker"), **env: str
+    ) -> WorkerProcess:
         port = free_port()
         worker_id = env.pop("worker_id", None) or "p-" + secrets.token_hex(4)
         full_env = worker_env(
@@ -340,7 +342,7 @@ def spawn_worker(redis_url: str, prefix: str) -> Iterator[SpawnWorker]:
             **env,
         )
         proc = subprocess.Popen(
-            [sys.executable, "-m", "conveyor_worker", *flags],
+            [sys.executable, *entry, *flags],
             env=full_env,
             cwd=str(ROOT),
             stdout=subprocess.PIPE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -98,3 +99,48 @@ def kill_own_worker_after(seconds: float) -> None:
     """Sleep, then kill the worker process running this task (a poison pill beside other tasks)."""
     time.sleep(seconds)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task(max_attempts=3, retry_backoff=0.0)
+def loop_until_stopped(path: str, seconds: float) -> str:
+    """Append "start", sleep in short steps (a Python loop an interrupt can stop), append how it ended."""
+    with Path(path).open("a") as fh:
+        fh.write("start\n")
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    except BaseException as exc:
+        with Path(path).open("a") as fh:
+            fh.write(f"interrupted by {type(exc).__name__}\n")
+        raise
+    with Path(path).open("a") as fh:
+        fh.write("end\n")
+    return "end"
+
+
+@task(max_attempts=3, retry_backoff=0.0)
+async def async_loop_until_stopped(path: str, seconds: float) -> str:
+    """The coroutine twin of loop_until_stopped: append "start", await in short steps, append how it ended."""
+    with Path(path).open("a") as fh:
+        fh.write("start\n")
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+    except BaseException as exc:
+        with Path(path).open("a") as fh:
+            fh.write(f"interrupted by {type(exc).__name__}\n")
+        raise
+    with Path(path).open("a") as fh:
+        fh.write("end\n")
+    return "end"
+
+
+@task()
+def wait_for_file(path: str) -> str:
+    """Run until a file exists (a test creates it), in short Python steps."""
+    deadline = time.monotonic() + 60
+    while not Path(path).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "seen"

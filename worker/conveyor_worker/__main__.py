@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -94,27 +95,37 @@ def _allowed_modules(backend: RedisBackend, settings: WorkerSettings) -> tuple[s
 
 
 def _on_signals(worker: Worker | Exporter, settings: WorkerSettings) -> None:
-    """The first SIGTERM/SIGINT drains; a second exits at once. An exporter stops on any."""
+    """The first SIGTERM/SIGINT drains; a second exits at once. An exporter stops on any.
+
+    The handler itself only writes the signal number to a pipe: it runs on the main thread
+    wherever that thread was, perhaps inside a lock that is not reentrant (threading.Event's
+    own, say), so everything that takes a lock runs on the conveyor-signals thread instead.
+    """
     from .exporter import Exporter
 
-    if isinstance(worker, Exporter):  # nothing to drain: every signal stops it
-        signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
-        signal.signal(signal.SIGINT, lambda *_: worker.request_stop())
-        return
-    signals_seen = []
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)  # a full pipe (a signal storm) drops bytes, never blocks
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        signals_seen.append(signum)
-        if len(signals_seen) == 1:
-            worker.request_stop()
-            return
-        logger.warning(
-            "second signal: stopping now; running tasks come back when their leases expire",
-            extra={"event": "worker_stopped", "worker_id": settings.worker_id, "exit_code": 128 + signum},
-        )
-        logging.shutdown()
-        os._exit(128 + signum)
+        with contextlib.suppress(BlockingIOError):
+            os.write(write_end, bytes([signum]))
 
+    def relay() -> None:
+        seen = 0
+        while True:
+            signum = os.read(read_end, 1)[0]
+            seen += 1
+            if seen == 1 or isinstance(worker, Exporter):  # nothing to drain: every signal stops it
+                worker.request_stop()
+                continue
+            logger.warning(
+                "second signal: stopping now; running tasks come back when their leases expire",
+                extra={"event": "worker_stopped", "worker_id": settings.worker_id, "exit_code": 128 + signum},
+            )
+            logging.shutdown()
+            os._exit(128 + signum)
+
+    threading.Thread(target=relay, name="conveyor-signals", daemon=True).start()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 

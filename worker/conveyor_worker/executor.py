@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 from asgiref.sync import sync_to_async
 from conveyor import codec
 from conveyor.backend import RedisBackend
-from conveyor.exceptions import CorruptRecord, RejectedTask, TaskTimeout, UnknownTaskPath
+from conveyor.exceptions import CorruptRecord, RejectedTask, TaskCancelled, TaskTimeout, UnknownTaskPath
 from conveyor.store import Claimed
 from django.db import close_old_connections
 from django.tasks.base import Task, TaskContext, TaskError, TaskResult, TaskResultStatus
@@ -26,6 +26,9 @@ from django.tasks.signals import task_finished, task_started
 from .runners import interrupt_thread
 
 Kind = Literal["succeeded", "failed", "retry", "rejected"]
+# How an attempt is stopped from outside (the watchdog, for a timeout or an operator's cancel).
+Halt = type[TaskTimeout] | type[TaskCancelled]
+CANCELLED = "conveyor.exceptions.TaskCancelled"  # the error class path of an operator's cancel
 # A task path inside the allowed modules that does not import here may be newer than this
 # worker (a rolling deploy): it goes back to its queue with a growing delay, for this long
 # at most after it was first put back, and then fails.
@@ -39,9 +42,9 @@ class Attempt:
     """One delivery of a task to this worker, from claim to its recorded outcome.
 
     What is known at preparation is fixed from then on. What changes later (when it
-    started, the thread inside it, whether an outcome was claimed, whether the lease
-    was lost) is read by the watchdog, the lease keeper and the pacer too, so it lives
-    behind _lock and its methods.
+    started, the thread or asyncio task inside it, whether an outcome was claimed, whether
+    the lease was lost, whether an operator cancelled it) is read by the watchdog, the lease
+    keeper and the pacer too, so it lives behind _lock and its methods.
     """
 
     task_id: str
@@ -52,10 +55,13 @@ class Attempt:
     rejection: str | None = None
     postpone: float | None = None  # seconds: give back unrun, due again after this delay
     timeout: float | None = None
+    errors_before: tuple[codec.ErrorRecord, ...] = ()  # a record failed unstarted keeps its errors
     _started: float = field(default_factory=time.monotonic)
     _thread_id: int | None = None
+    _coroutine: asyncio.Task[Any] | None = None
     _lease_lost: bool = False
     _finalized: bool = False
+    _cancelled: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -106,10 +112,17 @@ class Attempt:
         with self._lock:
             return self._thread_id
 
-    def enter(self, thread_id: int) -> None:
-        """Note that thread_id runs the task now."""
+    def enter(self, thread_id: int) -> bool:
+        """Note that thread_id runs the task now; False when it was cancelled first (it must not run)."""
         with self._lock:
             self._thread_id = thread_id
+            return not self._cancelled
+
+    def enter_loop(self, coroutine: asyncio.Task[Any] | None) -> bool:
+        """Note the asyncio task that runs the coroutine now; False when it was cancelled first."""
+        with self._lock:
+            self._coroutine = coroutine
+            return not self._cancelled
 
     def leave(self) -> None:
         """Note that the thread is done with this attempt (it may go on to run another task)."""
@@ -120,6 +133,42 @@ class Attempt:
         """Raise exc_type in the thread running this attempt; False once that thread has left it."""
         with self._lock:
             return self._thread_id is not None and interrupt_thread(self._thread_id, exc_type)
+
+    @property
+    def cancelled(self) -> bool:
+        """Tell whether an operator cancelled the task."""
+        with self._lock:
+            return self._cancelled
+
+    def cancel(self) -> bool:
+        """Note that an operator cancelled the task; True when this call is the first to say so.
+
+        An attempt not started yet sees it when it starts (enter, enter_loop) and fails at once;
+        one running is stopped by its caller (Watchdog.halt, or cancel_coroutine).
+        """
+        with self._lock:
+            first = not self._cancelled
+            self._cancelled = True
+            return first
+
+    def cancel_coroutine(self) -> bool:
+        """Cancel the asyncio task running the attempt unless its outcome is claimed; False if none runs."""
+        with self._lock:
+            coroutine = self._coroutine
+        if coroutine is None:
+            return False
+        try:
+            coroutine.get_loop().call_soon_threadsafe(self._cancel_unless_final, coroutine)
+        except RuntimeError:  # the loop has closed: the worker stopped
+            return False
+        return True
+
+    def _cancel_unless_final(self, coroutine: asyncio.Task[Any]) -> None:
+        # On the loop's thread: the coroutine waits at an await, so if no outcome is claimed
+        # yet it is still before it and the CancelledError lands there (run_async turns it
+        # into TaskCancelled); once claimed, cancelling would only cut its clean-up short.
+        if not self.finalized:
+            coroutine.cancel()
 
     @property
     def lease_lost(self) -> bool:
@@ -202,6 +251,11 @@ class Executor:
             if size > limit:
                 raise RejectedTask(f"payload of {size} bytes exceeds MAX_PAYLOAD_BYTES={limit}")
             record = codec.decode(claimed.task_id, claimed.fields)
+            if b"cancel" in fields:  # cancelled while an earlier delivery ran (or while claimed ahead)
+                attempt.cancel()
+                attempt.rejection = "cancelled by an operator before it started"
+                attempt.errors_before = record.errors
+                return attempt
             if not self.allowed(record.task_path):
                 raise RejectedTask(
                     f"task path {record.task_path!r} is not under an allowed module "
@@ -242,15 +296,13 @@ class Executor:
             return UNKNOWN_TASK_PATIENCE
 
     def reject(self, attempt: Attempt, record: RecordVerdict) -> None:
-        """Record a rejected attempt as FAILED with its reason; nothing runs."""
+        """Record a rejected (or cancelled) attempt as FAILED with its reason; nothing runs."""
         if not attempt.finalize():
             return
-        error = TaskError(
-            exception_class_path="conveyor.exceptions.RejectedTask",
-            traceback=f"conveyor.exceptions.RejectedTask: {attempt.rejection}\n",
-        )
-        errors = (*tuple(attempt.result.errors), error) if attempt.result else (error,)
-        record(attempt, Verdict(kind="rejected", finished_at=datetime.now(UTC), errors=errors))
+        path = CANCELLED if attempt.cancelled else "conveyor.exceptions.RejectedTask"
+        error = TaskError(exception_class_path=path, traceback=f"{path}: {attempt.rejection}\n")
+        earlier = tuple(attempt.result.errors) if attempt.result else attempt.errors_before
+        record(attempt, Verdict(kind="rejected", finished_at=datetime.now(UTC), errors=(*earlier, error)))
 
     # -- running -----------------------------------------------------------------
 
@@ -264,8 +316,10 @@ class Executor:
         """Run a synchronous task in the calling thread."""
         result = attempt.result
         assert result is not None
-        attempt.enter(threading.get_ident())
+        runs = attempt.enter(threading.get_ident())
         try:  # a raising receiver fails the attempt; outside the try it would leak the slot
+            if not runs:
+                raise TaskCancelled("Task cancelled by an operator before it started")
             task_started.send(sender=self.sender, task_result=result)
             close_old_connections()
             args, kwargs = self._args(result)
@@ -284,11 +338,18 @@ class Executor:
         result = attempt.result
         assert result is not None
         try:
-            task_started.send(sender=self.sender, task_result=result)
-            await sync_to_async(close_old_connections)()
-            args, kwargs = self._args(result)
-            raw = await self._await_with_timeout(attempt, result.task.acall(*args, **kwargs))
-            value, text = codec.encode_return_value(raw, max_nesting=self.backend.settings.max_nesting)
+            try:
+                if not attempt.enter_loop(asyncio.current_task()):
+                    raise TaskCancelled("Task cancelled by an operator before it started")
+                task_started.send(sender=self.sender, task_result=result)
+                await sync_to_async(close_old_connections)()
+                args, kwargs = self._args(result)
+                raw = await self._await_with_timeout(attempt, result.task.acall(*args, **kwargs))
+                value, text = codec.encode_return_value(raw, max_nesting=self.backend.settings.max_nesting)
+            except asyncio.CancelledError as exc:
+                if not attempt.cancelled:
+                    raise
+                raise TaskCancelled("Task cancelled by an operator while it ran") from exc
         except BaseException as exc:
             self._failed(attempt, exc, record)
         else:
@@ -314,11 +375,15 @@ class Executor:
         frame = sys._current_frames().get(attempt.thread_id or -1)
         return "" if frame is None else "\nIt was running:\n" + "".join(traceback.format_stack(frame))
 
-    def record_timeout(self, attempt: Attempt, where: str, record: RecordVerdict) -> None:
-        """Record the failure of a sync attempt the watchdog finalized for overrunning its timeout."""
+    def record_halt(self, attempt: Attempt, reason: Halt, where: str, record: RecordVerdict) -> None:
+        """Record the failure of a sync attempt the watchdog finalized: a timeout, or an operator's cancel."""
+        if reason is TaskTimeout:
+            message = f"Task exceeded its timeout of {attempt.timeout:g}s"
+        else:
+            message = "Task cancelled by an operator while it ran"
         try:
-            raise TaskTimeout(f"Task exceeded its timeout of {attempt.timeout:g}s{where}")
-        except TaskTimeout as exc:
+            raise reason(message + where)
+        except reason as exc:
             self._record_failure(attempt, exc, record)
 
     def _succeeded(self, attempt: Attempt, value: Any, text: str, record: RecordVerdict) -> None:
@@ -347,13 +412,13 @@ class Executor:
         return True
 
     def _record_failure(self, attempt: Attempt, exc: BaseException, record: RecordVerdict) -> None:
-        """Record a finalized attempt's failure: a retry while attempts are left, else FAILED."""
+        """Record a finalized attempt's failure: retried while attempts are left, unless cancelled."""
         result = attempt.result
         assert result is not None
         result.errors.append(error_for(exc))
         duration = time.monotonic() - attempt.started
         task = result.task
-        if result.attempts < int(getattr(task, "max_attempts", 1)):
+        if result.attempts < int(getattr(task, "max_attempts", 1)) and not isinstance(exc, TaskCancelled):
             object.__setattr__(result, "status", TaskResultStatus.READY)
             delay = backoff_seconds(task, result.attempts)
             record(

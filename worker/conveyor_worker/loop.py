@@ -21,6 +21,7 @@ from .pacing import Pacer
 from .pipeline import ClaimPipeline
 from .processor import Parts, Processor
 from .recorder import Recorder
+from .registry import Registry
 from .runners import AsyncRunner, Processors
 from .settings import WorkerSettings
 from .slots import Slots
@@ -38,10 +39,11 @@ class Worker:
 
     The main thread runs this class: it blocks on the queues' wake lists to rouse an idle
     processor, paces how many cycle at once (Pacer), stores what a processor held up in
-    a long task has waiting (ClaimPipeline), promotes and reclaims (Maintenance), and at
-    the end drains. Everything else runs in parts with their own threads: one Processor
-    per slot, the LeaseKeeper, the Watchdog, the Recorder's thread and the event loop
-    for coroutines. Calls run one way, down from here (docs/worker-design.md).
+    a long task has waiting (ClaimPipeline), promotes, reclaims and trims (Maintenance),
+    and at the end drains. Everything else runs in parts with their own threads: one
+    Processor per slot, the LeaseKeeper, the Watchdog, the Registry, the Recorder's thread
+    and the event loop for coroutines. Calls run one way, down from here
+    (docs/worker-design.md).
     """
 
     def __init__(
@@ -81,15 +83,17 @@ class Worker:
             settings.queues,
             self.timings,
             max_deliveries=settings.max_deliveries,
+            result_ttl=backend.settings.result_ttl,
             failed_ttl=backend.settings.failed_result_ttl,
             worker_id=self.worker_id,
         )
         self.pacer = Pacer(settings.concurrency, self.slots, self.wakeups, self.pipeline)
         self.threads = Processors(settings.concurrency, self._serve, "conveyor-task")
-        self.leases = LeaseKeeper(
-            store, self.timings, self.slots, self.pipeline, self.recorder, self.worker_id
-        )
         self.watchdog = Watchdog(self.slots, self.executor, self.threads, self.recorder)
+        self.leases = LeaseKeeper(
+            store, self.timings, self.slots, self.pipeline, self.recorder, self.watchdog, self.worker_id
+        )
+        self.registry = Registry(store, settings, self.lifecycle, self.slots)
         self.loop_beat = Heartbeat()
         self.coroutines = AsyncRunner("conveyor-async")
         self._parts = self._processor_parts()
@@ -169,6 +173,7 @@ class Worker:
                 give_up_after=give_up,
                 worker_id=self.worker_id,
             ):
+                self.registry.start()  # only once this project owns the prefix
                 self.lifecycle.start()
                 with contextlib.suppress(RedisUnavailable):  # the loop below reports it and retries
                     self.maintenance.refresh_queues()  # so the processors know where to claim from the start
@@ -186,6 +191,7 @@ class Worker:
                 )
         finally:
             self.lifecycle.stop()
+            self.registry.stop()
             self.leases.stop()
             self.watchdog.stop()
             self.coroutines.shutdown()

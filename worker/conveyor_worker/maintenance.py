@@ -1,4 +1,4 @@
-"""Maintenance on the main thread: the queue list, promoting due tasks, reclaiming expired leases."""
+"""Maintenance on the main thread: the queue list, promote, reclaim expired leases, trim the indexes."""
 
 from __future__ import annotations
 
@@ -39,7 +39,10 @@ class QueueList:
 
 
 class Maintenance:
-    """Keep the queue list current, promote due scheduled tasks and reclaim expired leases.
+    """Keep the queue list current, promote due scheduled tasks, reclaim expired leases and trim indexes.
+
+    Trimming drops the succeeded and failed index entries of results past their TTL, on the
+    reclaim period, so those indexes stay as small as the results kept.
 
     Runs on the main thread only, so its fields (when each job is next due, whether
     reclaim holds off after an outage) need no lock; the queue list it publishes is
@@ -53,6 +56,7 @@ class Maintenance:
         timings: Timings,
         *,
         max_deliveries: int,
+        result_ttl: int,
         failed_ttl: int,
         worker_id: str,
     ) -> None:
@@ -60,6 +64,7 @@ class Maintenance:
         self._selection = selection
         self._timings = timings
         self._max_deliveries = max_deliveries
+        self._result_ttl = result_ttl
         self._failed_ttl = failed_ttl
         self._worker_id = worker_id
         self.queues = QueueList()
@@ -83,7 +88,7 @@ class Maintenance:
         return self.queues.current()
 
     def run_due(self, queues: Sequence[str], now: float) -> int:
-        """Promote and reclaim when due; return how many of the two made tasks ready."""
+        """Promote, reclaim and trim when due; return how many of promote and reclaim made tasks ready."""
         ready = 0
         if now >= self._promote_at:
             promotion = self._store.promote(queues, limit=BATCH_LIMIT)
@@ -112,6 +117,9 @@ class Maintenance:
                 )
             self.holding = holding
             ready += reclaimed.requeued > 0
+            self._store.trim_indexes(
+                queues, result_ttl=self._result_ttl, failed_ttl=self._failed_ttl, limit=BATCH_LIMIT
+            )
         return ready
 
     def look_at_schedule(self) -> None:
@@ -125,12 +133,15 @@ class Maintenance:
     def drained(self, queues: Sequence[str]) -> bool:
         """Tell a batch run whether nothing is ready or due (promoting first, so a fresh retry counts).
 
-        While reclaim holds off after an outage, a running task may be a dead worker's
-        that comes back when the hold ends: that is not drained.
+        A paused queue's tasks wait for a resume, not for this run. While reclaim holds off
+        after an outage, a running task may be a dead worker's that comes back when the hold
+        ends: that is not drained.
         """
         fresh = self._store.promote(queues, limit=BATCH_LIMIT)
         stats = self._store.queue_stats(queues)
-        return _nothing_due(fresh) and not any(s.ready or (self.holding and s.running) for s in stats)
+        return _nothing_due(fresh) and not any(
+            (s.ready and not s.paused) or (self.holding and s.running) for s in stats
+        )
 
 
 def _nothing_due(promotion: Promotion) -> bool:

@@ -16,6 +16,7 @@ COUNTERS = {
     "succeeded": "Tasks that finished SUCCESSFUL.",
     "failed": "Tasks that finished FAILED (after their last attempt).",
     "retried": "Failed attempts scheduled to run again.",
+    "cancelled": "Tasks an operator cancelled (counted in failed too: FAILED with TaskCancelled).",
 }
 
 # The per-queue gauges read from Redis on scrape. conveyor_queue_work is what the autoscalers divide
@@ -25,7 +26,12 @@ QUEUE_GAUGES: tuple[tuple[str, str, Callable[[QueueStats], int]], ...] = (
     ("queue_scheduled", "Tasks waiting for run_after or a retry backoff, due or not.", lambda s: s.scheduled),
     ("queue_due", "Scheduled tasks whose time has come, not yet made ready by a worker.", lambda s: s.due),
     ("queue_running", "Tasks claimed by a worker (in flight).", lambda s: s.running),
-    ("queue_work", "Tasks that want a worker slot now: ready + due + running.", lambda s: s.work),
+    (
+        "queue_work",
+        "Tasks that want a worker slot now: ready + due + running (running only while paused).",
+        lambda s: s.work,
+    ),
+    ("queue_paused", "1 while the queue is paused: no worker claims from it.", lambda s: int(s.paused)),
 )
 
 

@@ -99,6 +99,16 @@ class ClaimPipeline:
         with self._lock:
             return [(c.task_id, c.queue, c.token) for c, _ in self._ahead]
 
+    def cancel_ahead(self, task_id: str, token: str) -> bool:
+        """Mark a task claimed ahead as cancelled, so it fails unstarted when taken; False if not here."""
+        with self._lock:
+            for claimed, _ in self._ahead:
+                if claimed.task_id == task_id and claimed.token == token:
+                    # Executor.prepare reads the field as a claim of a cancelled task does.
+                    claimed.fields[b"cancel"] = str(time.time_ns() // 1000).encode()
+                    return True
+        return False
+
     def idle(self) -> bool:
         """Tell whether nothing is claimed ahead and no round trip is in flight."""
         with self._lock:

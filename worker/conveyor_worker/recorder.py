@@ -12,7 +12,7 @@ from conveyor import codec
 from conveyor.exceptions import ConveyorError
 from conveyor.store import ScriptCall, Store
 
-from .executor import Attempt, Executor, Verdict
+from .executor import CANCELLED, Attempt, Executor, Halt, Verdict
 from .lifecycle import Lifecycle
 from .logs import TaskLines
 from .metrics import Metrics
@@ -26,8 +26,8 @@ class Recorder:
     """Store outcomes and give tasks back; free their slots, log them and count them.
 
     Holds no shared state of its own (the slots are Slots'). It owns the recorder
-    thread, on which the watchdog's timeouts are recorded, so renewals never wait on
-    Redis or on a task_finished receiver.
+    thread, on which the attempts the watchdog stopped (timeouts, cancels) are recorded,
+    so neither the watchdog nor renewals ever wait on Redis or on a task_finished receiver.
     """
 
     def __init__(
@@ -132,9 +132,9 @@ class Recorder:
                     "a task_finished receiver raised", extra=self.task_fields(attempt, event="signal_failed")
                 )
 
-    def time_out(self, attempt: Attempt, where: str) -> None:
-        """Record, on the recorder thread, the failure of an attempt the watchdog finalized."""
-        self._thread.submit(self._executor.record_timeout, attempt, where, self.record)
+    def halted(self, attempt: Attempt, reason: Halt, where: str) -> None:
+        """Record, on the recorder thread, the failure of an attempt the watchdog stopped."""
+        self._thread.submit(self._executor.record_halt, attempt, reason, where, self.record)
 
     # -- giving back -----------------------------------------------------------------------
 
@@ -221,6 +221,20 @@ class Recorder:
         last = verdict.errors[-1] if verdict.errors else None
         error = last.exception_class_path if last else None
         trace = last.traceback if last else None
+        if error == CANCELLED and verdict.kind != "retry":
+            # An operator's cancel is no error of the task: one line, no traceback.
+            self._metrics.count("failed", q)
+            self._metrics.count("cancelled", q)
+            fields = self.task_fields(
+                attempt,
+                event="task_cancelled",
+                status="FAILED",
+                duration_ms=duration_ms,
+                error=error,
+                reason=attempt.rejection,  # set when it never started
+            )
+            logger.warning("task cancelled by an operator", extra=fields)
+            return
         if verdict.kind == "retry":
             self._metrics.count("retried", q)
             delay_ms = int(verdict.retry_delay * 1000)

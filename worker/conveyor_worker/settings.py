@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
-from .timings import blocking_wait
+from .timings import HEARTBEAT_EVERY, blocking_wait
 
 WORKER_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TRUE = {"1", "true", "yes", "on"}
@@ -30,6 +30,11 @@ class QueueSelection:
         """Return the queues to consume given every queue Redis has seen."""
         chosen = known | set(self.names) if self.all_queues else set(self.names)
         return sorted(chosen - self.excluded)
+
+    def as_given(self) -> list[str]:
+        """Return the selection as --queues spells it: '*', names, '-excluded'."""
+        every = ["*"] if self.all_queues else []
+        return [*every, *self.names, *(f"-{name}" for name in sorted(self.excluded))]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,6 +59,8 @@ class WorkerSettings:
     pod_deletion_cost: bool = False
     # Not exposed: how long an idle worker blocks on Redis before it looks around again.
     block_seconds: float = 2.0
+    # Not exposed: seconds between the worker's heartbeats in Redis (tests shorten it).
+    heartbeat_every: float = HEARTBEAT_EVERY
 
 
 class SettingError(ValueError):

@@ -33,10 +33,17 @@ CLAIM_RETRY_MIN = 0.5  # seconds a processor waits after a claim Redis did not a
 CLAIM_RETRY_MAX = 1.5  # ...and at most (the main loop reports the outage and backs off)
 RECORD_RETRY_FIRST = 0.05  # seconds before an outcome Redis did not take is sent again...
 RECORD_RETRY_MAX = 2.0  # ...doubling up to this, for as long as the worker runs
+CANCEL_POLL = 1.0  # seconds between looks at the cancel counter while leases are held (then renew at once)
 
 # -- slots, drain and health --------------------------------------------------------
 SLOT_POLL = 0.05  # seconds between looks while waiting for slots to empty (drain, run alone)
 STALE_AFTER = 30.0  # seconds without a beat of the main loop or a keeper after which /livez fails
+
+# -- the worker registry (what `conveyor status` lists) ----------------------------------
+HEARTBEAT_EVERY = 5.0  # seconds between heartbeats in Redis (WorkerSettings.heartbeat_every)
+HEARTBEAT_TTL_BEATS = 3  # a heartbeat lasts this many periods: a worker missing two is still listed
+STATE_LOOK = 1.0  # seconds between looks at the worker's state: a change is told at once
+LEAVE_WAIT = 5.0  # seconds a clean stop waits for the registry to take the worker out
 
 
 def reconnect_pause(failures: int) -> float:

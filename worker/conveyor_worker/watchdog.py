@@ -1,4 +1,4 @@
-"""The watchdog: its own thread finds sync attempts past their timeout and hands them to the recorder."""
+"""The watchdog: its own thread finds sync attempts past their timeout; it stops them, and cancelled ones."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 from conveyor.exceptions import TaskTimeout
 
-from .executor import Attempt, Executor
+from .executor import Attempt, Executor, Halt
 from .lifecycle import Heartbeat
 from .recorder import Recorder
 from .runners import Processors
@@ -16,10 +16,12 @@ from .timings import WATCH_SLEEP_MAX, WATCH_SLEEP_MIN
 
 
 class Watchdog:
-    """Detect sync attempts that overran their timeout; it never waits on Redis or on user code.
+    """Detect sync attempts that overran their timeout and stop them; it never waits on Redis or on user code.
 
-    It holds no shared state: the attempts are Slots', the threads Processors', the
-    recording the Recorder's (on its own thread); its beat (for /livez) is a Heartbeat.
+    halt() stops a running sync attempt for any reason: its own thread calls it for a
+    timeout, the lease keeper's for an operator's cancel. It holds no shared state: the
+    attempts are Slots', the threads Processors', the recording the Recorder's (on its own
+    thread); its beat (for /livez) is a Heartbeat.
     """
 
     def __init__(self, slots: Slots, executor: Executor, threads: Processors, recorder: Recorder) -> None:
@@ -54,22 +56,27 @@ class Watchdog:
                 if deadline is None or attempt.is_async or attempt.finalized:
                     continue
                 if now >= deadline:
-                    self._time_out(attempt)
+                    self.halt(attempt, TaskTimeout)
                 else:
                     next_wake = min(next_wake, deadline)
             self._wake.wait(max(WATCH_SLEEP_MIN, next_wake - time.monotonic()))
             self._wake.clear()
 
-    def _time_out(self, attempt: Attempt) -> None:
-        """Stop an attempt that overran; its failure is recorded on the recorder thread, not here."""
+    def halt(self, attempt: Attempt, reason: Halt) -> bool:
+        """Stop a sync attempt running on a processor thread; its failure is recorded on the recorder thread.
+
+        False when it has not started (its clock, or its check for a cancel, comes when it
+        runs) or its outcome was claimed meanwhile (it finished).
+        """
         thread_id = attempt.thread_id
-        if thread_id is None:  # not started yet: its clock starts when it runs
-            return
-        if not attempt.finalize():  # it finished meanwhile
-            return
+        if thread_id is None:
+            return False
+        if not attempt.finalize():
+            return False
         where = self._executor.where(attempt)
         # The stuck thread is replaced at once so the slot is free; the interrupt ends
         # the task at its next Python instruction (not inside a blocking C call).
         self._threads.retire(thread_id)
-        attempt.interrupt(TaskTimeout)
-        self._recorder.time_out(attempt, where)
+        attempt.interrupt(reason)
+        self._recorder.halted(attempt, reason, where)
+        return True
