@@ -43,7 +43,7 @@ def start_worker(url: str, prefix: str, *extra: str) -> subprocess.Popen[bytes]:
         CONVEYOR_TEST_REDIS_URL=url,
         CONVEYOR_TEST_PREFIX=prefix,
         DJANGO_SETTINGS_MODULE="tests.settings",
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=os.pathsep.join([str(ROOT / "backend"), str(ROOT / "worker"), str(ROOT)]),
         CONVEYOR_ALLOWED_TASK_MODULES="tests",
         CONVEYOR_HEALTH_PORT=str(free_port()),
         CONVEYOR_HEALTH_HOST="127.0.0.1",

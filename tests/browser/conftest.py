@@ -187,7 +187,7 @@ def spawn_worker(redis_url: str, prefix: str) -> Iterator[Callable[..., WorkerPr
             CONVEYOR_HEALTH_PORT=str(free_port()),
             CONVEYOR_WORKER_ID=worker_id,
             CONVEYOR_LOG_FORMAT="json",
-            PYTHONPATH=str(ROOT),
+            PYTHONPATH=os.pathsep.join([str(ROOT / "backend"), str(ROOT / "worker"), str(ROOT)]),
             PYTHONUNBUFFERED="1",
         )
         proc = subprocess.Popen(

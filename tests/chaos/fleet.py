@@ -164,7 +164,14 @@ class Fleet:
             CONVEYOR_HEALTH_PORT=str(port),
             CONVEYOR_WORKER_ID=worker_id,
             CONVEYOR_LOG_FORMAT="json",
-            PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+            PYTHONPATH=os.pathsep.join(
+                [
+                    str(ROOT / "backend"),
+                    str(ROOT / "worker"),
+                    str(ROOT),
+                    *filter(None, [os.environ.get("PYTHONPATH")]),
+                ]
+            ),
             PYTHONUNBUFFERED="1",
             PYTHONDONTWRITEBYTECODE="1",
             PYTHONFAULTHANDLER="1",  # a hung worker can be made to show its threads (wait_exit)

@@ -309,7 +309,7 @@ def worker_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
         CONVEYOR_ALLOWED_TASK_MODULES="tests",
         CONVEYOR_HEALTH_HOST="127.0.0.1",
         CONVEYOR_LOG_FORMAT="json",
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=os.pathsep.join([str(ROOT / "backend"), str(ROOT / "worker"), str(ROOT)]),
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)
