@@ -96,6 +96,13 @@ def task_keys(backend: RedisBackend) -> int:
 
 
 def volatile_keys(backend: RedisBackend) -> int:
-    """Return how many keys of the database have a TTL (INFO keyspace "expires")."""
+    """Return how many keys of the database have a TTL (INFO keyspace "expires"), heartbeats aside.
+
+    A running worker's heartbeat ({P}:worker:<id>) always has a TTL, renewed every beat: it
+    is one small key per live worker, not something that should expire while the worker runs.
+    """
     keyspace = backend.store.call(lambda c: c.info("keyspace"))
-    return sum(int(db.get("expires", 0)) for db in keyspace.values() if isinstance(db, dict))
+    expiring = sum(int(db.get("expires", 0)) for db in keyspace.values() if isinstance(db, dict))
+    beats = backend.keys.worker("*")
+    live = backend.store.call(lambda c: sum(1 for _ in c.scan_iter(match=beats)))
+    return expiring - live
