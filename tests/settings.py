@@ -19,4 +19,7 @@ TASKS = {
 # The test project's only app is conveyor (for its command); tasks come from the tests package.
 if os.environ.get("CONVEYOR_TEST_ALLOW_LIST") != "none":
     TASKS["default"]["OPTIONS"]["ALLOWED_TASK_MODULES"] = ["tests"]
+# A raw (string) MAX_ATTEMPTS, for the worker's start-up check of Django's proposed retry settings.
+if os.environ.get("CONVEYOR_TEST_MAX_ATTEMPTS"):
+    TASKS["default"]["MAX_ATTEMPTS"] = os.environ["CONVEYOR_TEST_MAX_ATTEMPTS"]
 LOGGING_CONFIG = None

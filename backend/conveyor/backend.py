@@ -22,6 +22,7 @@ from . import codec
 from .exceptions import ConveyorError, CorruptRecord, RedisUnavailable, UnknownTaskPath
 from .keys import Keys
 from .options import parse_options
+from .retries import Backoff, backoff_problem, max_attempts_problem, parse_retry_defaults
 from .store import Store
 
 # Ids are 32 URL-safe characters from secrets; anything else cannot be one of ours.
@@ -49,10 +50,11 @@ def queue_name_problem(name: object) -> str | None:
 class ConveyorTask(Task):
     """A Django Task with conveyor's per-task options, set through @task(...) keywords."""
 
-    max_attempts: int = 1  # attempts in all, the first included; failures retry until then
+    max_attempts: int | None = None  # attempts in all, the first included; None: MAX_ATTEMPTS, else 1
     timeout: float | None = None  # seconds an attempt may run before it is stopped and failed
-    retry_backoff: float = 1.0  # seconds before the first retry; doubles each attempt
-    retry_backoff_max: float = 300.0  # cap on the backoff, before jitter
+    retry_backoff: float | None = None  # seconds before the first retry, doubling; None: 1.0 (or BACKOFF)
+    retry_backoff_max: float | None = None  # cap on that backoff, before jitter; None: 300.0
+    backoff: Backoff | None = None  # (exception, task_result) -> seconds or None (no retry); see retries.py
 
 
 def new_task_id() -> str:
@@ -74,6 +76,8 @@ class RedisBackend(BaseTaskBackend):
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
         self.settings, self.problems = parse_options(self.options)
+        self.retry_defaults, retry_problems = parse_retry_defaults(params)  # MAX_ATTEMPTS, BACKOFF
+        self.problems.extend(retry_problems)
         self.keys = Keys(self.settings.key_prefix)
         self.store = Store(self.settings, self.keys)  # connects on first use, not here
 
@@ -86,11 +90,7 @@ class RedisBackend(BaseTaskBackend):
         if problem:
             raise InvalidTask(f"{problem}.")
         if isinstance(task, ConveyorTask):
-            if (
-                isinstance(task.max_attempts, bool)
-                or not isinstance(task.max_attempts, int)
-                or (task.max_attempts < 1)
-            ):
+            if task.max_attempts is not None and max_attempts_problem(task.max_attempts):
                 raise InvalidTask("max_attempts must be a whole number of at least 1.")
             if task.timeout is not None and (
                 isinstance(task.timeout, bool)
@@ -98,12 +98,24 @@ class RedisBackend(BaseTaskBackend):
                 or task.timeout <= 0
             ):
                 raise InvalidTask("timeout must be a number of seconds greater than 0, or None.")
-            if not task.retry_backoff >= 0 or not task.retry_backoff_max >= 0:
-                raise InvalidTask("retry_backoff and retry_backoff_max must be 0 or more seconds.")
+            for seconds in (task.retry_backoff, task.retry_backoff_max):
+                if seconds is not None and (
+                    isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0
+                ):
+                    raise InvalidTask("retry_backoff and retry_backoff_max must be 0 or more seconds.")
+            if task.backoff is not None:
+                problem = backoff_problem(task.backoff)
+                if problem:
+                    raise InvalidTask(f"{problem}.")
+                if task.retry_backoff is not None or task.retry_backoff_max is not None:
+                    raise InvalidTask(
+                        "give either backoff or retry_backoff/retry_backoff_max, not both: "
+                        "backoff decides every delay itself."
+                    )
 
     def _require_valid_options(self) -> None:
         if self.problems:
-            listed = "; ".join(f"{p.option}: {p.message}" for p in self.problems)
+            listed = "; ".join(f"{p.setting}: {p.message}" for p in self.problems)
             raise InvalidTaskBackend(f"Task backend {self.alias!r} is misconfigured: {listed}")
 
     # -- enqueue -----------------------------------------------------------------
@@ -280,7 +292,7 @@ class RedisBackend(BaseTaskBackend):
         """Report bad OPTIONS and an unreachable Redis as errors; never raise."""
         errors: list[checks.CheckMessage] = [
             checks.Error(
-                f"TASKS[{self.alias!r}] OPTIONS {p.option}: {p.message}",
+                f"TASKS[{self.alias!r}] {p.setting}: {p.message}",
                 hint=p.hint,
                 obj=self,
                 id="conveyor.E001",

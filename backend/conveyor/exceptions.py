@@ -29,6 +29,10 @@ class TaskTimeout(ConveyorError, TimeoutError):
     """A task ran longer than its timeout."""
 
 
+class BackoffFailed(ConveyorError):
+    """A task's backoff raised or returned something other than seconds or None: the task is not retried."""
+
+
 class RejectedTask(ConveyorError):
     """A task record was refused before anything ran (bad payload, path not allowed)."""
 

@@ -26,6 +26,12 @@ class Problem:
     option: str
     message: str
     hint: str
+    top_level: bool = False  # a key of TASKS[alias] itself (MAX_ATTEMPTS, BACKOFF), not of its OPTIONS
+
+    @property
+    def setting(self) -> str:
+        """Return where the setting lives in TASKS[alias]: "OPTIONS URL", or "MAX_ATTEMPTS"."""
+        return self.option if self.top_level else f"OPTIONS {self.option}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,6 +135,7 @@ _SPEC: dict[str, tuple[tuple[type, ...], str]] = {
 }
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _CONNECTION_PARTS = ("HOST", "PORT", "DB", "USERNAME", "PASSWORD")
+_TOP_LEVEL = ("MAX_ATTEMPTS", "BACKOFF")  # read by conveyor.retries from TASKS[alias] itself
 
 
 def _bad_value(name: str, value: Any) -> str | None:
@@ -196,13 +203,10 @@ def parse_options(raw: Any) -> tuple[Options, list[Problem]]:
     for name, value in raw.items():
         if name not in _SPEC:
             known = ", ".join(sorted(_SPEC))
-            problems.append(
-                Problem(
-                    option=str(name),
-                    message=f"Unknown option {name!r}.",
-                    hint=f"Known options: {known}.",
-                )
-            )
+            hint = f"Known options: {known}."
+            if name in _TOP_LEVEL:  # Django's proposed retry settings sit beside BACKEND, not in OPTIONS
+                hint = f"Move {name} out of OPTIONS, to the top level of the TASKS entry beside BACKEND."
+            problems.append(Problem(option=str(name), message=f"Unknown option {name!r}.", hint=hint))
             continue
         types, description = _SPEC[name]
         if value is None and name in {

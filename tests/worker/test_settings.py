@@ -172,8 +172,15 @@ def test_a_flag_overrides_a_bad_environment_value_in_the_process(
             {"CONVEYOR_ALLOWED_TASK_MODULES": "", "CONVEYOR_TEST_ALLOW_LIST": "none"},
             "INSTALLED_APPS has no project app",
         ),
+        ({"CONVEYOR_TEST_MAX_ATTEMPTS": "three"}, "TASKS['default'] MAX_ATTEMPTS: MAX_ATTEMPTS must be"),
     ],
-    ids=["no-settings-module", "bad-settings-module", "unknown-backend", "empty-allow-list"],
+    ids=[
+        "no-settings-module",
+        "bad-settings-module",
+        "unknown-backend",
+        "empty-allow-list",
+        "bad-max-attempts",
+    ],
 )
 def test_project_problems_exit_2_with_one_line(
     redis_url: str, prefix: str, env: dict[str, str], fragment: str

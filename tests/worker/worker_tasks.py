@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from django.tasks import TaskContext, task
+from django.tasks.base import Task, TaskResult
 
 
 @task()
@@ -144,3 +147,110 @@ def wait_for_file(path: str) -> str:
     while not Path(path).exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     return "seen"
+
+
+# -- Django's proposed retry API (new-features #142, #144) ------------------------------
+
+
+def note_backoff(exception: BaseException, task_result: TaskResult) -> None:
+    """Append what a backoff saw, as one JSON line, to the file named by the task's `seen` keyword."""
+    seen = {
+        "exception": type(exception).__name__,
+        "message": str(exception).splitlines()[0],
+        "status": str(task_result.status),
+        "attempts": task_result.attempts,
+        "errors": [e.exception_class_path for e in task_result.errors],
+        "args": task_result.args,
+        "finished": task_result.finished_at is not None,
+        "id": task_result.id,
+    }
+    with Path(task_result.kwargs["seen"]).open("a") as fh:
+        fh.write(json.dumps(seen) + "\n")
+
+
+def delay_from_arguments(exception: BaseException, task_result: TaskResult) -> Any:
+    """Note the call; return the task's first argument as the delay (None: no retry; anything else: bad)."""
+    note_backoff(exception, task_result)
+    return task_result.args[0]
+
+
+def raising_backoff(exception: BaseException, task_result: TaskResult) -> float:
+    """Note the call, then fail."""
+    note_backoff(exception, task_result)
+    raise KeyError("backoff broke")
+
+
+def zero_backoff(exception: BaseException, task_result: TaskResult) -> float:
+    """Note the call; retry at once."""
+    note_backoff(exception, task_result)
+    return 0
+
+
+@task(max_attempts=3, backoff=delay_from_arguments)
+def fails_with_chosen_delay(delay: Any, *, seen: str) -> None:
+    """Fail; the backoff retries after `delay` (its return value)."""
+    raise RuntimeError(f"fails; backoff gets {delay!r}")
+
+
+@task(max_attempts=3, backoff=raising_backoff)
+def fails_with_raising_backoff(*, seen: str) -> None:
+    """Fail; the backoff raises."""
+    raise RuntimeError("the task's own failure")
+
+
+@task(max_attempts=2, timeout=0.5, backoff=zero_backoff)
+def times_out_first_time(path: str, *, seen: str) -> str:
+    """Run past the timeout on the first delivery (a Python loop), return at once on the next."""
+    marker = Path(path)
+    first = not marker.exists()
+    with marker.open("a") as fh:
+        fh.write("ran\n")
+    if first:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    return "second time lucky"
+
+
+@task(max_attempts=2, timeout=0.5, backoff=zero_backoff)
+async def async_times_out_first_time(path: str, *, seen: str) -> str:
+    """The coroutine twin of times_out_first_time."""
+    marker = Path(path)
+    first = not marker.exists()
+    with marker.open("a") as fh:
+        fh.write("ran\n")
+    if first:
+        await asyncio.sleep(20)
+    return "second time lucky"
+
+
+@task(max_attempts=3, backoff=zero_backoff)
+def loop_until_cancelled(path: str, *, seen: str) -> str:
+    """Append "start" and loop in short Python steps, for a test to cancel."""
+    with Path(path).open("a") as fh:
+        fh.write("start\n")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "end"
+
+
+def plain_task(func: Any) -> Task:
+    """Wrap a function in Django's own Task class, not ConveyorTask (as a task made for another backend)."""
+    return Task(func=func)
+
+
+@plain_task
+def plain_always_fails(path: str) -> None:
+    """Append a line, then fail: a django.tasks.Task with no conveyor options of its own."""
+    with Path(path).open("a") as fh:
+        fh.write("ran\n")
+    raise RuntimeError("plain failure")
+
+
+@task()
+def conveyor_task_always_fails(path: str) -> None:
+    """Append a line, then fail: a ConveyorTask that sets no max_attempts or backoff."""
+    with Path(path).open("a") as fh:
+        fh.write("ran\n")
+    raise RuntimeError("conveyor failure")

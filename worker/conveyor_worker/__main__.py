@@ -47,11 +47,7 @@ def _setup_django(settings: WorkerSettings) -> RedisBackend:
     if not isinstance(backend, RedisBackend):
         fail(f"CONVEYOR_BACKEND (--backend) {settings.backend!r} is not a conveyor.RedisBackend")
     if backend.problems:
-        fail(
-            "; ".join(
-                f"TASKS[{settings.backend!r}] OPTIONS {p.option}: {p.message}" for p in backend.problems
-            )
-        )
+        fail("; ".join(f"TASKS[{settings.backend!r}] {p.setting}: {p.message}" for p in backend.problems))
     return backend
 
 

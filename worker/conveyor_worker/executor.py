@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import sys
 import threading
 import time
@@ -14,12 +13,19 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from asgiref.sync import sync_to_async
-from conveyor import codec
+from conveyor import codec, retries
 from conveyor.backend import RedisBackend
-from conveyor.exceptions import CorruptRecord, RejectedTask, TaskCancelled, TaskTimeout, UnknownTaskPath
+from conveyor.exceptions import (
+    BackoffFailed,
+    CorruptRecord,
+    RejectedTask,
+    TaskCancelled,
+    TaskTimeout,
+    UnknownTaskPath,
+)
 from conveyor.store import Claimed
 from django.db import close_old_connections
-from django.tasks.base import Task, TaskContext, TaskError, TaskResult, TaskResultStatus
+from django.tasks.base import TaskContext, TaskError, TaskResult, TaskResultStatus
 from django.tasks.exceptions import TaskResultDoesNotExist
 from django.tasks.signals import task_finished, task_started
 
@@ -202,14 +208,6 @@ class RecordVerdict(Protocol):
     def __call__(
         self, attempt: Attempt, verdict: Verdict, then: Callable[[], None] | None = None
     ) -> bool: ...
-
-
-def backoff_seconds(task: Task, failures: int) -> float:
-    """Return the jittered exponential delay before the next attempt."""
-    base = float(getattr(task, "retry_backoff", 1.0))
-    cap = float(getattr(task, "retry_backoff_max", 300.0))
-    delay = min(cap, base * 2 ** max(0, failures - 1))
-    return float(delay / 2 + random.uniform(0, delay / 2))
 
 
 def error_for(exc: BaseException) -> TaskError:
@@ -417,10 +415,9 @@ class Executor:
         assert result is not None
         result.errors.append(error_for(exc))
         duration = time.monotonic() - attempt.started
-        task = result.task
-        if result.attempts < int(getattr(task, "max_attempts", 1)) and not isinstance(exc, TaskCancelled):
+        delay = None if isinstance(exc, TaskCancelled) else self._retry_delay(result, exc)
+        if delay is not None:
             object.__setattr__(result, "status", TaskResultStatus.READY)
-            delay = backoff_seconds(task, result.attempts)
             record(
                 attempt,
                 Verdict(kind="retry", errors=tuple(result.errors), retry_delay=delay, duration=duration),
@@ -432,6 +429,20 @@ class Executor:
         verdict = Verdict(kind="failed", finished_at=finished, errors=tuple(result.errors), duration=duration)
         if record(attempt, verdict):
             task_finished.send(self.sender, task_result=result)
+
+    def _retry_delay(self, result: TaskResult, exc: BaseException) -> float | None:
+        """Return seconds before the next attempt, or None for none (appending a failed backoff's error)."""
+        task, defaults = result.task, self.backend.retry_defaults
+        if result.attempts >= retries.max_attempts_for(task, defaults):
+            return None
+        backoff = retries.backoff_for(task, defaults)
+        if backoff is None:
+            return retries.exponential_backoff(task, result.attempts)
+        try:
+            return retries.call_backoff(backoff, exc, retries.failed_view(result))
+        except BackoffFailed as failure:
+            result.errors.append(error_for(failure))
+            return None
 
     @staticmethod
     def _finish_time(result: TaskResult) -> datetime:

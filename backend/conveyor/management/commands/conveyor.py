@@ -302,7 +302,7 @@ class Command(BaseCommand):
                 "not conveyor.RedisBackend; name a conveyor backend with --backend"
             )
         if backend.problems:
-            listed = "; ".join(f"{p.option}: {p.message}" for p in backend.problems)
+            listed = "; ".join(f"{p.setting}: {p.message}" for p in backend.problems)
             raise CommandError(f"TASKS[{alias!r}] is misconfigured: {listed}")
         return backend
 
