@@ -52,6 +52,12 @@ def _setup_django(settings: WorkerSettings) -> RedisBackend:
                 f"TASKS[{settings.backend!r}] OPTIONS {p.option}: {p.message}" for p in backend.problems
             )
         )
+    from .scheduler import plans_of
+
+    try:
+        plans_of(backend)  # every SCHEDULE entry names a task it can enqueue, or the worker exits 2
+    except ValueError as exc:
+        fail(f"TASKS[{settings.backend!r}] {exc}")
     return backend
 
 
