@@ -47,6 +47,9 @@ class ScheduleEntry:
     catch_up: str = "once"
     skip_if_pending: bool = False
 
+    def __hash__(self) -> int:  # args and kwargs may hold lists and dicts: hash by identity and timing
+        return hash((self.name, self.task, self.fingerprint))
+
     @property
     def fingerprint(self) -> str:
         """Return what identifies the entry's timing: a change restarts it from now."""
