@@ -23,6 +23,7 @@ from .exceptions import ConveyorError, CorruptRecord, RedisUnavailable, UnknownT
 from .keys import Keys
 from .options import parse_options
 from .retries import Backoff, backoff_problem, max_attempts_problem, parse_retry_defaults
+from .schedule import ScheduleEntry
 from .store import Store
 
 # Ids are 32 URL-safe characters from secrets; anything else cannot be one of ours.
@@ -269,6 +270,55 @@ class RedisBackend(BaseTaskBackend):
         except (InvalidTask, InvalidTaskBackend) as exc:
             raise TaskResultDoesNotExist(f"{record.id}: stored task is no longer valid ({exc})") from exc
 
+    def scheduled_task(self, entry: ScheduleEntry) -> Task:
+        """Return the Task a SCHEDULE entry enqueues, with its queue and priority; ValueError says why not."""
+        if not self.task_path_allowed(entry.task):
+            raise ValueError(
+                f"task {entry.task!r} is not under an allowed module "
+                f"({', '.join(self.allowed_task_modules())})"
+            )
+        try:
+            task = import_string(entry.task)
+        except ImportError as exc:
+            raise ValueError(f"task {entry.task!r} cannot be imported ({exc})") from exc
+        if not isinstance(task, Task):
+            raise ValueError(f"{entry.task!r} is not a django.tasks Task (decorate it with @task)")
+        changes: dict[str, Any] = {"backend": self.alias}
+        if entry.queue is not None:
+            changes["queue_name"] = entry.queue
+        if entry.priority is not None:
+            changes["priority"] = entry.priority
+        try:
+            scheduled = task.using(**changes)
+            self.validate_task(scheduled)
+        except (InvalidTask, InvalidTaskBackend) as exc:
+            raise ValueError(str(exc)) from exc
+        codec.encode_payload(
+            list(entry.args),
+            dict(entry.kwargs or {}),
+            self.settings.max_payload_bytes,
+            max_nesting=self.settings.max_nesting,
+        )
+        return scheduled
+
+    def schedule_problems(self) -> list[checks.CheckMessage]:
+        """Report each SCHEDULE entry whose task cannot be enqueued as declared (conveyor.E005)."""
+        errors: list[checks.CheckMessage] = []
+        for entry in self.settings.schedule:
+            try:
+                self.scheduled_task(entry)
+            except (ValueError, TypeError, ConveyorError) as exc:
+                errors.append(
+                    checks.Error(
+                        f"TASKS[{self.alias!r}] OPTIONS SCHEDULE {entry.name}: {exc}",
+                        hint="Name a @task function under ALLOWED_TASK_MODULES, a queue in QUEUES "
+                        "and a priority from -100 to 100 (docs/periodic.md).",
+                        obj=self,
+                        id="conveyor.E005",
+                    )
+                )
+        return errors
+
     @staticmethod
     def _check_id(result_id: Any) -> None:
         if not isinstance(result_id, str) or not _ID_RE.match(result_id):
@@ -301,6 +351,7 @@ class RedisBackend(BaseTaskBackend):
         ]
         if errors:
             return errors
+        errors += self.schedule_problems()
         try:
             self.store.ping()
             owner = self.store.project_owner()

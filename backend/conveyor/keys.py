@@ -104,3 +104,17 @@ class Keys:
     def project(self) -> str:
         """Return the key naming the project that owns this prefix (two projects must not share one)."""
         return f"{self.tag}:project"
+
+    @property
+    def periodic_prefix(self) -> str:
+        """Return the prefix a schedule entry's name is appended to (scripts receive it in KEYS)."""
+        return f"{self.tag}:periodic:"
+
+    def periodic(self, name: str) -> str:
+        """Return the hash of one schedule entry: next tick, timing fingerprint, last task enqueued."""
+        return self.periodic_prefix + name
+
+    @property
+    def periodics(self) -> str:
+        """Return the sorted set of schedule entry names by when a worker last declared them (ms)."""
+        return f"{self.tag}:periodics"

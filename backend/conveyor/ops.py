@@ -196,6 +196,21 @@ def _summary(task_id: str, values: Sequence[bytes | None]) -> TaskSummary | None
     )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleRow:
+    """One periodic task: as declared in SCHEDULE (or only stored, once undeclared) and as Redis holds it."""
+
+    name: str
+    declared: bool  # in this process's SCHEDULE; False: stored by an earlier deploy, no worker fires it
+    task: str | None
+    timing: str | None  # "cron <expr>" or "every <n>s"
+    timezone: str | None
+    next_run: datetime | None  # None before a worker first looked at it, or never again
+    last_task_id: str | None
+    last_enqueued_at: datetime | None
+    skipped: int  # ticks skipped (catch_up skip, skip_if_pending)
+
+
 class Operator:
     """Operate one RedisBackend: status, list, show, retry, cancel, pause, resume, purge.
 
@@ -208,6 +223,34 @@ class Operator:
         self.backend = backend
         self.store = backend.store
         self.keys = backend.keys
+
+    def schedules(self) -> list[ScheduleRow]:
+        """Return every periodic task, declared ones first, with its next run and last task."""
+        declared = {e.name: e for e in self.backend.settings.schedule}
+        _, stored = self.store.schedule_entries(list(declared))
+
+        def moment(raw: bytes | None) -> datetime | None:
+            value = int(raw) if raw else -1
+            return None if value < 0 else datetime.fromtimestamp(value / 1000, UTC)
+
+        rows = []
+        for name, fields in stored.items():
+            entry = declared.get(name)
+            last = fields.get(b"last_id")
+            rows.append(
+                ScheduleRow(
+                    name=name,
+                    declared=entry is not None,
+                    task=entry.task if entry else None,
+                    timing=entry.describe if entry else None,
+                    timezone=entry.timezone if entry else None,
+                    next_run=moment(fields.get(b"next")),
+                    last_task_id=last.decode() if last else None,
+                    last_enqueued_at=moment(fields.get(b"last_at")),
+                    skipped=int(fields.get(b"skipped", b"0")),
+                )
+            )
+        return rows
 
     # -- reading ----------------------------------------------------------------------
 

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 
 from redis.connection import parse_url
 
+from .schedule import ScheduleEntry, parse_schedule
+
 DEFAULT_URL = "redis://localhost:6379/0"
 DEFAULT_MAX_NESTING = 64
 # Reading a value recurses once per level (json, normalize_json), so no MAX_NESTING may go
@@ -61,6 +63,7 @@ class Options:
     enqueue_on_commit: bool = False
     allowed_task_modules: tuple[str, ...] = ()  # () = the project's INSTALLED_APPS, less Django's own
     project: str | None = None  # None = the top package of the settings module
+    schedule: tuple[ScheduleEntry, ...] = ()  # periodic tasks the workers enqueue (docs/periodic.md)
 
     def connection_kwargs(self) -> dict[str, Any]:
         """Return keyword arguments for redis-py's connection pool (URL passed separately)."""
@@ -132,6 +135,7 @@ _SPEC: dict[str, tuple[tuple[type, ...], str]] = {
     "ENQUEUE_ON_COMMIT": ((bool,), "True or False"),
     "ALLOWED_TASK_MODULES": ((list, tuple), "a list of module paths task paths must fall under"),
     "PROJECT": ((str,), "1-200 printable characters naming the project that owns KEY_PREFIX"),
+    "SCHEDULE": ((list, tuple), "a list of periodic task entries (docs/periodic.md)"),
 }
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _CONNECTION_PARTS = ("HOST", "PORT", "DB", "USERNAME", "PASSWORD")
@@ -209,6 +213,17 @@ def parse_options(raw: Any) -> tuple[Options, list[Problem]]:
             problems.append(Problem(option=str(name), message=f"Unknown option {name!r}.", hint=hint))
             continue
         types, description = _SPEC[name]
+        if name == "SCHEDULE":
+            values["schedule"], bad = parse_schedule(value)
+            problems += [
+                Problem(
+                    option=f"SCHEDULE {b.entry}".strip(),
+                    message=b.message,
+                    hint=f"Set SCHEDULE to {description}.",
+                )
+                for b in bad
+            ]
+            continue
         if value is None and name in {
             "USERNAME",
             "PASSWORD",

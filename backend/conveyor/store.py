@@ -25,7 +25,17 @@ from .keys import Keys
 from .options import Options
 from .transport import ScriptCall, Sent, Transport, script_sha, script_source
 
-__all__ = ["Claimed", "Promotion", "QueueStats", "Reclaimed", "ScriptCall", "Sent", "Store", "script_source"]
+__all__ = [
+    "Claimed",
+    "EntryState",
+    "Promotion",
+    "QueueStats",
+    "Reclaimed",
+    "ScriptCall",
+    "Sent",
+    "Store",
+    "script_source",
+]
 
 # Answers of renew.lua besides 0 (the lease was lost).
 RENEWED = 1
@@ -82,6 +92,18 @@ class Reclaimed:
     requeued: int
     failed: int
     held_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntryState:
+    """A schedule entry as stored: its next tick (None: not stored yet, -1: never) and timing fingerprint."""
+
+    next_ms: int | None
+    fingerprint: str
+
+
+# Answers of tick.lua.
+TICK_LOST, TICK_NOTED, TICK_ENQUEUED, TICK_SKIPPED_PENDING, TICK_SKIPPED_MISSED = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -631,3 +653,73 @@ class Store:
         """Run fn with the client inside the error boundary (for tools and tests)."""
         with self._boundary():
             return fn(self.client)
+
+    # -- periodic tasks (conveyor_worker.scheduler) -------------------------------------
+
+    def survey_schedule(
+        self, names: Sequence[str], *, stale_ms: int, limit: int
+    ) -> tuple[int, list[EntryState]]:
+        """Read the named entries and the server time (ms); drop entries undeclared for stale_ms."""
+        k = self.keys
+        keys = [k.periodics, k.periodic_prefix, *(k.periodic(n) for n in names)]
+        ((now_ms, *flat),) = self.run([ScriptCall(name="survey", keys=keys, args=[stale_ms, limit, *names])])
+        states = [
+            EntryState(next_ms=int(flat[i]) if flat[i] else None, fingerprint=bytes(flat[i + 1]).decode())
+            for i in range(0, len(flat), 2)
+        ]
+        return int(now_ms), states
+
+    def tick(
+        self,
+        name: str,
+        *,
+        seen_ms: int | None,
+        next_ms: int,
+        fingerprint: str,
+        mode: str,
+        skip_if_pending: bool,
+        task_id: str,
+        queue: str,
+        priority: int,
+        fields: dict[str, str],
+    ) -> int:
+        """Move one entry from the tick seen_ms to next_ms, enqueueing as mode says, once (see tick.lua)."""
+        k = self.keys
+        keys = [
+            k.periodic(name),
+            k.task_prefix,
+            k.task(task_id),
+            k.ready(queue),
+            k.ready_since(queue),
+            k.queues,
+            k.seq,
+            k.wake(queue),
+        ]
+        args: list[Any] = [
+            "" if seen_ms is None else seen_ms,
+            next_ms,
+            fingerprint,
+            mode,
+            "1" if skip_if_pending else "0",
+            task_id,
+            queue,
+            priority,
+            WAKE_CAP,
+        ]
+        for field_name, value in fields.items():
+            args += (field_name, value)
+        (answer,) = self.run([ScriptCall(name="tick", keys=keys, args=args)])
+        return int(answer)
+
+    def schedule_entries(self, names: Sequence[str]) -> tuple[int, dict[str, dict[bytes, bytes]]]:
+        """Return the server time (ms) and the hash of each named entry and of any other stored one."""
+        k = self.keys
+        with self._boundary():
+            seconds, micros = self.client.time()
+            stored = [m.decode() for m in self.client.zrange(k.periodics, 0, -1)]  # type: ignore[union-attr]
+            every = list(dict.fromkeys([*names, *stored]))
+            pipe = self.client.pipeline(transaction=False)
+            for name in every:
+                pipe.hgetall(k.periodic(name))
+            replies = pipe.execute() if every else []
+        return int(seconds) * 1000 + int(micros) // 1000, dict(zip(every, replies, strict=True))

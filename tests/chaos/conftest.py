@@ -49,6 +49,8 @@ class Scale:
     deploy_tasks: int  # 4. tasks of the new release enqueued before it is deployed
     poison_companions: int  # 5. ordinary tasks beside the poison pill
     memory_tasks: int  # 7. tasks of the memory plateau
+    periodic_seconds: float  # 8. how long 5 workers fire periodic ticks while being killed
+    periodic_kills: int  # 8. SIGKILLs (each followed by a replacement) during it
     test_timeout: float  # seconds one scenario may take before pytest-timeout fails it
     lifetime: float  # seconds after which any process a scenario started dies by itself
 
@@ -68,6 +70,8 @@ SCALES = {
         deploy_tasks=20,
         poison_companions=3,
         memory_tasks=5_000,
+        periodic_seconds=60.0,
+        periodic_kills=12,
         test_timeout=300.0,
         lifetime=420.0,
     ),
@@ -85,6 +89,8 @@ SCALES = {
         deploy_tasks=200,
         poison_companions=3,
         memory_tasks=100_000,
+        periodic_seconds=240.0,
+        periodic_kills=50,
         test_timeout=1_200.0,
         lifetime=1_500.0,
     ),

@@ -1,5 +1,6 @@
 """Django settings of the chaos workers: tests.settings plus backend OPTIONS from the environment."""
 
+import json
 import os
 
 from tests.settings import *  # noqa: F403
@@ -14,3 +15,7 @@ for _name in ("RESULT_TTL", "FAILED_RESULT_TTL"):
 _allowed = [m for m in os.environ.get("CONVEYOR_ALLOWED_TASK_MODULES", "").split(",") if m]
 if _allowed:
     _options["ALLOWED_TASK_MODULES"] = _allowed
+# Periodic tasks (scenario 8): the SCHEDULE as JSON.
+_schedule = os.environ.get("CONVEYOR_TEST_SCHEDULE")
+if _schedule:
+    _options["SCHEDULE"] = json.loads(_schedule)

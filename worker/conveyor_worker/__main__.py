@@ -48,6 +48,12 @@ def _setup_django(settings: WorkerSettings) -> RedisBackend:
         fail(f"CONVEYOR_BACKEND (--backend) {settings.backend!r} is not a conveyor.RedisBackend")
     if backend.problems:
         fail("; ".join(f"TASKS[{settings.backend!r}] {p.setting}: {p.message}" for p in backend.problems))
+    from .scheduler import plans_of
+
+    try:
+        plans_of(backend)  # every SCHEDULE entry names a task it can enqueue, or the worker exits 2
+    except ValueError as exc:
+        fail(f"TASKS[{settings.backend!r}] {exc}")
     return backend
 
 

@@ -31,6 +31,7 @@ FIELDS = (
     "health_port",
     "version",
     "state",
+    "schedule",
 )
 
 

@@ -23,6 +23,7 @@ from .processor import Parts, Processor
 from .recorder import Recorder
 from .registry import Registry
 from .runners import AsyncRunner, Processors
+from .scheduler import Scheduler, plans_of
 from .settings import WorkerSettings
 from .slots import Slots
 from .timings import STALE_AFTER, STEER_EVERY, Timings, reconnect_pause
@@ -86,6 +87,9 @@ class Worker:
             result_ttl=backend.settings.result_ttl,
             failed_ttl=backend.settings.failed_result_ttl,
             worker_id=self.worker_id,
+            scheduler=None
+            if settings.batch
+            else Scheduler(store, plans_of(backend), backend=backend.alias, worker_id=self.worker_id),
         )
         self.pacer = Pacer(settings.concurrency, self.slots, self.wakeups, self.pipeline)
         self.threads = Processors(settings.concurrency, self._serve, "conveyor-task")

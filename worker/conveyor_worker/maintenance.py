@@ -11,6 +11,7 @@ from conveyor.exceptions import ConveyorError
 from conveyor.store import Promotion, Store
 
 from .lifecycle import Heartbeat, Lifecycle
+from .scheduler import Scheduler
 from .settings import QueueSelection
 from .timings import BATCH_LIMIT, PROMOTE_EVERY, QUEUE_REFRESH_EVERY, Timings, reconnect_pause
 
@@ -39,7 +40,7 @@ class QueueList:
 
 
 class Maintenance:
-    """Keep the queue list current, promote due scheduled tasks, reclaim expired leases and trim indexes.
+    """Keep the queue list current, fire periodic ticks, promote due scheduled tasks, reclaim and trim.
 
     Trimming drops the succeeded and failed index entries of results past their TTL, on the
     reclaim period, so those indexes stay as small as the results kept.
@@ -59,8 +60,10 @@ class Maintenance:
         result_ttl: int,
         failed_ttl: int,
         worker_id: str,
+        scheduler: Scheduler | None = None,
     ) -> None:
         self._store = store
+        self._scheduler = scheduler  # None: this worker fires no periodic tasks (--batch)
         self._selection = selection
         self._timings = timings
         self._max_deliveries = max_deliveries
@@ -90,6 +93,8 @@ class Maintenance:
     def run_due(self, queues: Sequence[str], now: float) -> int:
         """Promote, reclaim and trim when due; return how many of promote and reclaim made tasks ready."""
         ready = 0
+        if self._scheduler is not None:
+            ready += self._scheduler.run_due(now) > 0
         if now >= self._promote_at:
             promotion = self._store.promote(queues, limit=BATCH_LIMIT)
             self._promote_at = now + PROMOTE_EVERY
@@ -128,7 +133,8 @@ class Maintenance:
 
     def until_due(self, now: float) -> float:
         """Return seconds until promote or reclaim is due (0 when one is)."""
-        return max(0.0, min(self._promote_at, self._reclaim_at) - now)
+        due = max(0.0, min(self._promote_at, self._reclaim_at) - now)
+        return due if self._scheduler is None else min(due, self._scheduler.until_due(now))
 
     def drained(self, queues: Sequence[str]) -> bool:
         """Tell a batch run whether nothing is ready or due (promoting first, so a fresh retry counts).

@@ -11,6 +11,8 @@ QUEUE_REFRESH_EVERY = 1.0  # seconds between re-reading the queue list for '*'
 BATCH_LIMIT = 1000  # ids one promote or reclaim call moves at most (each script stays bounded)
 BACKOFF_MAX = 5.0  # seconds, cap of the reconnect backoff
 BACKOFF_FIRST = 0.05  # seconds, the reconnect backoff after the first failure (doubles, jittered)
+SCHEDULE_EVERY = 1.0  # seconds, at most, between looks at the schedule (sooner when a tick falls due)
+SCHEDULE_IDLE_EVERY = 60.0  # seconds between looks with no schedule declared (drops stale ones)
 RECLAIM_EVERY_MAX = 5.0  # seconds, at most, between reclaims (a quarter lease when shorter)
 
 # -- pacing: how many processors cycle at once ----------------------------------------

@@ -49,3 +49,21 @@ local function undo_attempt(key, token)
     end
   end
 end
+
+-- Store a new task record and make it ready now, as enqueue.lua does for a task without
+-- run_after: one HSET with its ready score, the ready and ready-since sets, the queue name,
+-- and one wake token (the list capped). fields[from..] are the record's field, value pairs;
+-- enqueued_at (µs, text) overrides the record's own.
+local function store_ready_task(task, ready, since, queues, seq_key, wake, id, queue, priority,
+                                now_ms, cap, enqueued_at, fields, from)
+  local seq = redis.call('INCR', seq_key)
+  local score = ready_score(priority, seq)
+  redis.call('HSET', task, 'score', score, unpack(fields, from))
+  redis.call('HSET', task, 'enqueued_at', enqueued_at)
+  redis.call('ZADD', ready, score, id)
+  redis.call('ZADD', since, now_ms, id)
+  redis.call('SADD', queues, queue)
+  if redis.call('LPUSH', wake, '1') > cap then
+    redis.call('LTRIM', wake, 0, cap - 1)
+  end
+end

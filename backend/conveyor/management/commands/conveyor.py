@@ -197,7 +197,7 @@ class Command(BaseCommand):
     """Operate one conveyor backend's tasks, queues and workers."""
 
     help = (
-        "Operate conveyor: status, list, show, retry, cancel, pause, resume, purge. "
+        "Operate conveyor: status, schedules, list, show, retry, cancel, pause, resume, purge. "
         "Run `conveyor SUBCOMMAND --help` for each one's options."
     )
     requires_system_checks: list[str] = []  # run even when Redis is down, to say so plainly
@@ -217,6 +217,7 @@ class Command(BaseCommand):
             return p
 
         sub("status", "Show each queue's counts and the live workers.", json_output=True)
+        sub("schedules", "List periodic tasks: next run, last task enqueued.", json_output=True)
 
         p = sub("list", "List tasks, newest first, a page at a time.", json_output=True)
         p.add_argument("--queue", help="only this queue")
@@ -277,6 +278,7 @@ class Command(BaseCommand):
         operator = Operator(self.backend(options["backend"]))
         subcommands: dict[str, Callable[[Operator, dict[str, Any]], None]] = {
             "status": self.run_status,
+            "schedules": self.run_schedules,
             "list": self.run_list,
             "show": self.run_show,
             "retry": self.run_retry,
@@ -336,6 +338,34 @@ class Command(BaseCommand):
             self.write_json(to_json(status))
             return
         self.write_lines(self.status_lines(status))
+
+    def run_schedules(self, operator: Operator, options: dict[str, Any]) -> None:
+        """Print each periodic task with its next run and the last task it enqueued."""
+        rows = operator.schedules()
+        if options["json"]:
+            self.write_json(to_json(rows))
+            return
+        if not rows:
+            self.stdout.write("No periodic tasks (OPTIONS SCHEDULE is empty).")
+            return
+        now = timezone.now()
+        self.write_lines(
+            table(
+                ["NAME", "TASK", "WHEN", "NEXT RUN", "LAST TASK", "LAST ENQUEUED", "SKIPPED"],
+                [
+                    [
+                        r.name,
+                        r.task or "(not declared: no worker fires it)",
+                        f"{r.timing} ({r.timezone})" if r.timing else "-",
+                        format_when(r.next_run, now) if r.declared else "-",
+                        r.last_task_id or "-",
+                        format_when(r.last_enqueued_at, now),
+                        r.skipped,
+                    ]
+                    for r in rows
+                ],
+            )
+        )
 
     @staticmethod
     def status_lines(status: Status) -> list[str]:
