@@ -120,11 +120,12 @@ class Transport:
                     held.unread = False
                 self._spare.append(held.conn)
 
-    def run(self, calls: Sequence[ScriptCall]) -> list[Any]:
+    def run(self, calls: Sequence[ScriptCall], *, check: bool = True) -> list[Any]:
         """Send script calls in one round trip and return their replies.
 
         Scripts Redis lost (a restart, SCRIPT FLUSH) are loaded again and only the calls
         that failed with NOSCRIPT are sent again; a broken connection is retried once.
+        An error reply raises, or with check=False takes its call's place as a ConveyorError.
         """
         holding = getattr(self._local, "holding", False)
         for attempt in (1, 2):
@@ -147,6 +148,8 @@ class Transport:
             finally:
                 if conn is not None and not holding:
                     self._spare.append(conn)
+            if not check:
+                return [self._translate(r) if isinstance(r, RedisError) else r for r in replies]
             return self._checked(replies)
         raise AssertionError("unreachable")
 
