@@ -207,85 +207,69 @@ def encode_payload(
     return args_json, kwargs_json
 
 
-_PLAIN_SCALARS = frozenset({str, int, float, bool, type(None)})
+class _NotPlain(Exception):
+    """Raised by the fast path's encoder for a value JSON has no type for."""
 
 
-def _plain_within(value: Any, limit: int) -> bool:
-    """Tell whether value holds only exact JSON types (dicts keyed by str) nested at most limit deep."""
-    # For such a value normalize_json() returns an equal copy and the JSON round trip gives
-    # it back unchanged, so the enqueue fast path may skip both; anything else (a subclass,
-    # bytes, a Mapping, a key that is not a str, too deep) goes the checked way.
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    pop, push = stack.pop, stack.append
-    while stack:
-        item, depth = pop()
-        kind = type(item)
-        if kind is dict:
-            for key in item:
-                if type(key) is not str:
-                    return False
-            children: Any = item.values()
-        elif kind is list or kind is tuple:
-            children = item
-        elif kind in _PLAIN_SCALARS:
-            continue
-        else:
-            return False
-        if depth == limit:
-            return False
-        depth += 1
-        for child in children:
-            if type(child) not in _PLAIN_SCALARS:
-                push((child, depth))
-    return True
+def _not_plain(value: Any) -> Any:
+    raise _NotPlain
 
 
 # The fast path encodes and copies with json's C encoder and scanner made once (json.dumps()
-# and json.loads() make them per call). The encoder skips json's cycle check: _plain_within()
-# has already bounded the depth, which a cycle would exceed.
+# and json.loads() make them per call). The encoder skips json's cycle check: a cycle
+# recurses until RecursionError, which sends the value to the checked path like any
+# value nested too deep.
 try:
     from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
     from json.scanner import c_make_scanner  # type: ignore[attr-defined]
 except ImportError:  # a Python without the _json accelerator
-    _plain_dumps: Any = dumps
-    _plain_loads: Any = json.loads
+    _encode_c: Any = None
 else:
-    _encode_c = c_make_encoder(None, None, encode_basestring, None, ":", ",", False, False, False)
+    _encode_c = c_make_encoder(None, _not_plain, encode_basestring, None, ":", ",", False, False, False)
     _scan_c = c_make_scanner(json.JSONDecoder())
-
-    def _plain_dumps(value: Any) -> str:
-        return "".join(_encode_c(value, 0))
-
-    def _plain_loads(text: str) -> Any:
-        return _scan_c(text, 0)[0]
 
 
 def encode_plain_payload(
     args: Any, kwargs: Any, limit: int, *, max_nesting: int = DEFAULT_MAX_NESTING
 ) -> tuple[list[Any], dict[str, Any], str, str] | None:
-    """Encode arguments of exact JSON types without normalize_json(); None when they need the checked path.
+    """Encode arguments JSON carries unchanged without normalize_json(); None when they need the checked path.
 
-    Returns the normalised args and kwargs (what normalize_json() would give) and their JSON.
+    Returns the normalised args and kwargs (equal to what normalize_json() gives: a JSON copy)
+    and their JSON. Bytes, Mappings and Sequences JSON has no type for, keys that are not
+    str and anything nested deeper than max_nesting go the checked way, which normalises,
+    refuses or names the problem as before.
     """
-    if (type(args) is not tuple and type(args) is not list) or type(kwargs) is not dict:
-        return None
-    # args and kwargs sit one level below the pair, which sits one below its own list.
-    if not _plain_within((args, kwargs), max_nesting + 2):
+    if _encode_c is None or (type(args) is not tuple and type(args) is not list) or type(kwargs) is not dict:
         return None
     try:
-        args_json, kwargs_json = _plain_dumps(args), _plain_dumps(kwargs)
+        args_json, kwargs_json = "".join(_encode_c(args, 0)), "".join(_encode_c(kwargs, 0))
+    except (_NotPlain, RecursionError):
+        return None
     except ValueError as exc:
         raise TypeError(f"Unsupported value in task arguments: {exc}") from exc
+    # args and kwargs are one level themselves, so their text may nest max_nesting + 1 deep.
+    for text in (args_json, kwargs_json):
+        if len(text) > max_nesting + 1 and _text_deeper_than(
+            text.encode(errors="surrogatepass"), max_nesting + 1
+        ):
+            return None
     # str.isascii() reads a flag: an ASCII text is as long in UTF-8 as in characters.
     size = (len(args_json) if args_json.isascii() else len(args_json.encode())) + (
         len(kwargs_json) if kwargs_json.isascii() else len(kwargs_json.encode())
     )
     if size > limit:
         raise PayloadTooLarge(f"Task arguments are {size} bytes encoded, over MAX_PAYLOAD_BYTES={limit}.")
-    # A JSON round trip copies exact JSON types as normalize_json() does (tuples become lists).
-    if kwargs_json == "{}":
-        return ([] if args_json == "[]" else _plain_loads(args_json)), {}, args_json, kwargs_json
-    norm_args, norm_kwargs = _plain_loads(f"[{args_json},{kwargs_json}]")
+    # A JSON round trip copies what JSON carries unchanged as normalize_json() does.
+    norm_args, norm_kwargs = _scan_c(f"[{args_json},{kwargs_json}]", 0)[0]
+    # JSON turns keys that are not str (1, True, None) into text, where normalize_json()
+    # keeps them and the checked path refuses them. When kwargs' own "{" is the only one,
+    # there is no other dict and checking kwargs' keys suffices; otherwise the copy must
+    # equal the arguments (a tuple inside them compares unequal too: checked path, same outcome).
+    if "{" in args_json or kwargs_json.count("{") != 1:
+        if norm_args != list(args) or norm_kwargs != kwargs:
+            return None
+    elif not all(type(key) is str for key in kwargs):
+        return None
     return norm_args, norm_kwargs, args_json, kwargs_json
 
 

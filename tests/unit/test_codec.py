@@ -855,7 +855,7 @@ def test_bracket_count_never_misses_depth_in_random_text() -> None:
 PLAIN_PAYLOADS: list[tuple[Any, Any]] = [
     ((), {}),
     ((1, "two"), {"three": [3, 4], "five": None}),
-    ([1.5, -0.0, 10**30, True, False, None], {"é": "ünïcode ✓", "nested": {"a": [(1, 2), {"b": []}]}}),
+    ([1.5, -0.0, 10**30, True, False, None], {"é": "ünïcode ✓", "nested": {"a": [[1, 2], {"b": []}]}}),
     (("x" * 500,), {"deep": [[[[[[1]]]]]]}),
 ]
 
@@ -879,7 +879,7 @@ def test_plain_payload_fast_path_matches_the_checked_path(args: Any, kwargs: Any
         ((b"bytes",), {}),
         ((MappingProxyType({"a": 1}),), {}),
         ((), {"d": {1: "int key"}}),
-        ((True.__class__(1), range(3)), {}),
+        ((range(3),), {}),
         ((datetime.now(UTC),), {}),
         ([[[[1]]]], {}),
     ],
