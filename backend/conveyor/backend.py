@@ -173,7 +173,11 @@ class RedisBackend(BaseTaskBackend):
 
     def _validate_once(self, task: Task) -> None:
         """Run validate_task(), remembering tasks without run_after that passed (run_after reads USE_TZ)."""
-        if task in self._valid_tasks:
+        try:
+            if task in self._valid_tasks:
+                return
+        except TypeError:  # a Task subclass with an unhashable field: validate every time
+            self.validate_task(task)
             return
         self.validate_task(task)
         if task.run_after is None:
@@ -333,23 +337,43 @@ class RedisBackend(BaseTaskBackend):
         shared: dict[str, str],
         chunk: int,
     ) -> None:
+        """Send the chunks trip by trip; signal a trip's tasks while Redis stores the next trip."""
+        transport = self.store.transport
+        trips = iter(self._trips(task, records, shared, chunk))
         done: list[TaskResult] = []
         send = task_enqueued.send
-        for calls, spans in self._trips(task, records, shared, chunk):
-            try:
-                replies = self.store.transport.run(calls, check=False)
-            except ConveyorError as exc:
-                raise self._partial(done, exc) from exc
-            failed: ConveyorError | None = None
-            for (a, b), reply in zip(spans, replies, strict=True):
-                if isinstance(reply, ConveyorError):
-                    failed = failed or reply
-                    continue
-                for result in results[a:b]:
-                    send(type(self), task_result=result)
-                done += results[a:b]
-            if failed is not None:
-                raise self._partial(done, failed) from failed
+        with transport.hold():
+            current = next(trips, None)
+            sent = self._send_trip(current[0]) if current else None
+            while current is not None:
+                calls, spans = current
+                try:
+                    if sent is None:
+                        raise RedisUnavailable("not sent")
+                    replies = transport.receive(sent, check=False)
+                except ConveyorError:  # a lost connection: send again once, as run() does (idempotent)
+                    try:
+                        replies = transport.run(calls, check=False)
+                    except ConveyorError as exc:
+                        raise self._partial(done, exc) from exc
+                failed = next((r for r in replies if isinstance(r, ConveyorError)), None)
+                following = next(trips, None) if failed is None else None
+                sent = self._send_trip(following[0]) if following else None
+                for (a, b), reply in zip(spans, replies, strict=True):
+                    if not isinstance(reply, ConveyorError):
+                        for result in results[a:b]:
+                            send(type(self), task_result=result)
+                        done += results[a:b]
+                if failed is not None:
+                    raise self._partial(done, failed) from failed
+                current = following
+
+    def _send_trip(self, calls: list[Any]) -> Any:
+        """Write a trip's calls without waiting; None when that failed (the trip is then run again)."""
+        try:
+            return self.store.transport.send_ahead(calls)
+        except ConveyorError:
+            return None
 
     def enqueue_many(
         self, task: Task, items: Iterable[tuple[Any, Any]], *, chunk: int = DEFAULT_CHUNK

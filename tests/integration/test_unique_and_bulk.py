@@ -385,3 +385,29 @@ def test_enqueue_many_on_commit_waits_for_the_commit(
 
         assert enqueued == results
         assert ready_ids(backend) == [r.id for r in results]
+
+
+def test_enqueue_many_sends_a_trip_again_after_redis_restarts(
+    own_redis: Any, enqueued: list[TaskResult]
+) -> None:
+    # Given a backend whose connection Redis dropped by restarting (scripts flushed too)
+    backend = RedisBackend(
+        "default",
+        {
+            "QUEUES": [],
+            "OPTIONS": {"URL": own_redis.url, "KEY_PREFIX": "bulk", "ALLOWED_TASK_MODULES": ["tests"]},
+        },
+    )
+    try:
+        enqueue_many_on = backend.enqueue_many
+        enqueue_many_on(tasks.noop_task, [((0,), {})])
+        own_redis.restart()
+
+        # When it enqueues many again
+        results = enqueue_many_on(tasks.noop_task, [((i,), {}) for i in range(5000)], chunk=100)
+
+        # Then every task is stored and signalled once
+        assert len(enqueued) == 5001
+        assert ready_ids(backend) == [r.id for r in results]
+    finally:
+        backend.store.close()
