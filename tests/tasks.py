@@ -137,3 +137,27 @@ def not_a_task() -> None:
 def process_id() -> int:
     """Return the pid of the process running the task (as it sees itself)."""
     return os.getpid()
+
+
+@task(unique_for=3600)
+def unique_task(*args: object, **kwargs: object) -> None:
+    return None
+
+
+def _by_user(args: list[object], kwargs: dict[str, object]) -> str:
+    return str(kwargs.get("user"))
+
+
+@task(unique_for=3600, unique_key=_by_user)
+def unique_per_user(**kwargs: object) -> None:
+    return None
+
+
+@task(unique_for=3600, unique_while_running=True)
+def unique_while_running_task(*args: object) -> None:
+    return None
+
+
+@task(unique_for=0.3)
+def briefly_unique_task(*args: object) -> None:
+    return None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
-import secrets
+import time
+from base64 import urlsafe_b64encode
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -19,12 +21,12 @@ from django.tasks.signals import task_enqueued
 from django.utils.module_loading import import_string
 
 from . import codec
-from .exceptions import ConveyorError, CorruptRecord, RedisUnavailable, UnknownTaskPath
+from .exceptions import ConveyorError, CorruptRecord, PartiallyEnqueued, RedisUnavailable, UnknownTaskPath
 from .keys import Keys
 from .options import parse_options
 from .retries import Backoff, backoff_problem, max_attempts_problem, parse_retry_defaults
 from .schedule import ScheduleEntry
-from .store import Store
+from .store import Holder, Store, UniqueLock
 
 # Ids are 32 URL-safe characters from secrets; anything else cannot be one of ours.
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -32,6 +34,12 @@ _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # worker's --queues splits on commas and strips blanks, and logs and metrics carry names.
 QUEUE_NAME_MAX = 1024
 _BAD_QUEUE_CHAR_RE = re.compile(r"[,\x00-\x1f\x7f]")
+# enqueue_many() stores this many tasks per atomic script call by default, and sends
+# up to CHUNKS_PER_TRIP calls in one round trip; a chunk larger than MAX_CHUNK would
+# pass Lua's limit on the arguments of one Redis call.
+DEFAULT_CHUNK = 500
+MAX_CHUNK = 2000
+CHUNKS_PER_TRIP = 8
 
 
 def queue_name_problem(name: object) -> str | None:
@@ -56,11 +64,17 @@ class ConveyorTask(Task):
     retry_backoff: float | None = None  # seconds before the first retry, doubling; None: 1.0 (or BACKOFF)
     retry_backoff_max: float | None = None  # cap on that backoff, before jitter; None: 300.0
     backoff: Backoff | None = None  # (exception, task_result) -> seconds or None (no retry); see retries.py
+    # Unique tasks: while a task with the same lock key is READY (or RUNNING, with
+    # unique_while_running), enqueue returns that task's result instead of a new one.
+    unique_for: float | None = None  # seconds the lock lasts at most; None: not unique
+    unique_key: Callable[[list[Any], dict[str, Any]], str] | None = None  # None: the arguments
+    unique_while_running: bool = False  # a RUNNING holder also turns a new enqueue away
 
 
 def new_task_id() -> str:
     """Return a fresh, unguessable task id, never starting with "-" (read as an option on a command line)."""
-    while (task_id := secrets.token_urlsafe(24)).startswith("-"):
+    # secrets.token_urlsafe(24), without its padding strip: 24 bytes encode to 32 characters.
+    while (task_id := urlsafe_b64encode(os.urandom(24)).decode()).startswith("-"):
         pass
     return task_id
 
@@ -81,6 +95,9 @@ class RedisBackend(BaseTaskBackend):
         self.problems.extend(retry_problems)
         self.keys = Keys(self.settings.key_prefix)
         self.store = Store(self.settings, self.keys)  # connects on first use, not here
+        # Tasks without run_after that passed validate_task(): a Task is frozen and what
+        # validation reads of this backend never changes, so once valid it stays valid.
+        self._valid_tasks: dict[Task, bool] = {}
 
     # -- validation --------------------------------------------------------------
 
@@ -113,6 +130,21 @@ class RedisBackend(BaseTaskBackend):
                         "give either backoff or retry_backoff/retry_backoff_max, not both: "
                         "backoff decides every delay itself."
                     )
+            self._validate_unique(task)
+
+    @staticmethod
+    def _validate_unique(task: ConveyorTask) -> None:
+        window = task.unique_for
+        if window is None:
+            if task.unique_key is not None or task.unique_while_running:
+                raise InvalidTask("unique_key and unique_while_running need unique_for.")
+            return
+        if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 < window < math.inf:
+            raise InvalidTask("unique_for must be a number of seconds greater than 0, or None.")
+        if task.unique_key is not None and not callable(task.unique_key):
+            raise InvalidTask("unique_key must be a function of (args, kwargs) returning a str, or None.")
+        if not isinstance(task.unique_while_running, bool):
+            raise InvalidTask("unique_while_running must be True or False.")
 
     def _require_valid_options(self) -> None:
         if self.problems:
@@ -121,13 +153,18 @@ class RedisBackend(BaseTaskBackend):
 
     # -- enqueue -----------------------------------------------------------------
 
-    def _prepare(self, task: Task, args: Any, kwargs: Any) -> tuple[TaskResult, dict[str, str]]:
-        """Validate and encode; nothing is written and no signal sent if this raises."""
-        self._require_valid_options()
-        self.validate_task(task)
+    def _encode(self, task: Task, args: Any, kwargs: Any, enqueued_at: Any) -> tuple[TaskResult, str, str]:
+        """Return a new task's READY result and its arguments' JSON; raise if they cannot be stored."""
+        settings = self.settings
+        plain = codec.encode_plain_payload(
+            args, kwargs, settings.max_payload_bytes, max_nesting=settings.max_nesting
+        )
+        if plain is not None:  # exact JSON types: no normalize_json() pass needed
+            norm_args, norm_kwargs, args_json, kwargs_json = plain
+            result = codec.ready_result(task, new_task_id(), enqueued_at, norm_args, norm_kwargs, self.alias)
+            return result, args_json, kwargs_json
         # TaskResult normalises args and kwargs recursively; measure their depth first.
-        codec.check_nesting(args, kwargs, self.settings.max_nesting)
-        enqueued_at = datetime.now(UTC)
+        codec.check_nesting(args, kwargs, settings.max_nesting)
         result = TaskResult(
             task=task,
             id=new_task_id(),
@@ -143,49 +180,254 @@ class RedisBackend(BaseTaskBackend):
             worker_ids=[],
         )
         args_json, kwargs_json = codec.encode_payload(
-            result.args,
-            result.kwargs,
-            self.settings.max_payload_bytes,
-            max_nesting=self.settings.max_nesting,
+            result.args, result.kwargs, settings.max_payload_bytes, max_nesting=settings.max_nesting
         )
-        fields = codec.new_record(
+        return result, args_json, kwargs_json
+
+    def _validate_once(self, task: Task) -> None:
+        """Run validate_task(), remembering tasks without run_after that passed (run_after reads USE_TZ)."""
+        try:
+            if task in self._valid_tasks:
+                return
+        except TypeError:  # a Task subclass with an unhashable field: validate every time
+            self.validate_task(task)
+            return
+        self.validate_task(task)
+        if task.run_after is None:
+            if len(self._valid_tasks) >= 1024:
+                self._valid_tasks.clear()
+            self._valid_tasks[task] = True
+
+    def _prepare(
+        self, task: Task, args: Any, kwargs: Any
+    ) -> tuple[TaskResult, dict[str, str], UniqueLock | None]:
+        """Validate and encode; nothing is written and no signal sent if this raises."""
+        self._require_valid_options()
+        self._validate_once(task)
+        enqueued_micros = time.time_ns() // 1000
+        result, args_json, kwargs_json = self._encode(task, args, kwargs, codec.from_micros(enqueued_micros))
+        fields = codec.shared_fields(
             task_path=task.module_path,
             queue=task.queue_name,
             priority=task.priority,
             backend=self.alias,
             run_after=task.run_after,
-            args_json=args_json,
-            kwargs_json=kwargs_json,
-            enqueued_at=enqueued_at,
+            enqueued_micros=enqueued_micros,
         )
-        return result, fields
+        fields["args"], fields["kwargs"] = args_json, kwargs_json
+        unique = self._unique_lock(task, result) if isinstance(task, ConveyorTask) else None
+        return result, fields, unique
+
+    def _unique_lock(self, task: ConveyorTask, result: TaskResult) -> UniqueLock | None:
+        """Return the lock a unique task takes (None for any other), named by its arguments or its key."""
+        if task.unique_for is None:
+            return None
+        key = None
+        if task.unique_key is not None:
+            key = task.unique_key(result.args, result.kwargs)
+            if not isinstance(key, str):
+                raise TypeError(f"unique_key must return a str, not {type(key).__name__}.")
+        digest = codec.unique_digest(task.module_path, task.queue_name, result.args, result.kwargs, key)
+        return UniqueLock(
+            key=self.keys.unique(digest),
+            window_ms=max(1, math.ceil(task.unique_for * 1000)),
+            while_running=task.unique_while_running,
+        )
 
     @staticmethod
     def _due_ms(task: Task) -> int | None:
         return None if task.run_after is None else codec.to_micros(task.run_after) // 1000
 
-    def _write(self, result: TaskResult, fields: dict[str, str]) -> None:
+    def _write(self, result: TaskResult, fields: dict[str, str], unique: UniqueLock | None) -> TaskResult:
         task = result.task
-        self.store.enqueue(result.id, task.queue_name, task.priority, self._due_ms(task), fields)
+        due_ms = None if task.run_after is None else codec.to_micros(task.run_after) // 1000
+        reply = self.store.enqueue(result.id, task.queue_name, task.priority, due_ms, fields, unique=unique)
+        if type(reply) is Holder:
+            return self._holder_result(task, reply)
         task_enqueued.send(type(self), task_result=result)
+        return result
 
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
-        """Validate, store in one atomic round trip, send task_enqueued, return the result."""
-        result, fields = self._prepare(task, args, kwargs)
+        """Validate, store in one atomic round trip, send task_enqueued, return the result.
+
+        A unique task whose lock is held returns the holder's result and sends no signal.
+        """
+        result, fields, unique = self._prepare(task, args, kwargs)
         if self.settings.enqueue_on_commit:
-            transaction.on_commit(partial(self._write, result, fields))
-        else:
-            self._write(result, fields)
-        return result
+            transaction.on_commit(partial(self._write, result, fields, unique))
+            return result
+        return self._write(result, fields, unique)
 
     async def aenqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
         """Enqueue natively on the running event loop (on_commit needs the sync path)."""
         if self.settings.enqueue_on_commit:
             return await super().aenqueue(task, args, kwargs)
-        result, fields = self._prepare(task, args, kwargs)
-        await self.store.aenqueue(result.id, task.queue_name, task.priority, self._due_ms(task), fields)
+        result, fields, unique = self._prepare(task, args, kwargs)
+        reply = await self.store.aenqueue(
+            result.id, task.queue_name, task.priority, self._due_ms(task), fields, unique=unique
+        )
+        if type(reply) is Holder:
+            return self._holder_result(task, reply)
         await task_enqueued.asend(type(self), task_result=result)
         return result
+
+    def _holder_result(self, task: Task, holder: Holder) -> TaskResult:
+        """Return the result of the task holding a unique lock, read in the enqueue's own round trip."""
+        try:
+            record = codec.decode(holder.task_id, holder.fields)
+        except CorruptRecord:
+            return self._result_from(holder.task_id, holder.fields)  # raises, naming the problem
+        if record.task_path != task.module_path:  # a key function shared by two tasks: check the path
+            return self._result_from(holder.task_id, holder.fields)
+        return codec.to_task_result(record, self._as_recorded(task, record))
+
+    # -- bulk enqueue --------------------------------------------------------------
+
+    def _prepare_many(
+        self, task: Task, items: Iterable[tuple[Any, Any]], chunk: int
+    ) -> tuple[list[TaskResult], list[tuple[str, str, str]], dict[str, str]]:
+        """Validate the task once and every item; nothing is written and no signal sent if this raises."""
+        self._require_valid_options()
+        self.validate_task(task)
+        if isinstance(task, ConveyorTask) and task.unique_for is not None:
+            raise InvalidTask(
+                "enqueue_many() does not take unique tasks: enqueue them one by one, so each "
+                "finds the lock of the one before."
+            )
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= MAX_CHUNK:
+            raise ValueError(f"chunk must be a whole number from 1 to {MAX_CHUNK}, not {chunk!r}.")
+        enqueued_micros = time.time_ns() // 1000
+        enqueued_at = codec.from_micros(enqueued_micros)
+        results: list[TaskResult] = []
+        records: list[tuple[str, str, str]] = []
+        encode = self._encode
+        for index, item in enumerate(items):
+            try:
+                args, kwargs = item
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"item {index} of enqueue_many() is not an (args, kwargs) pair") from exc
+            result, args_json, kwargs_json = encode(task, args, kwargs, enqueued_at)
+            results.append(result)
+            records.append((result.id, args_json, kwargs_json))
+        shared = codec.shared_fields(
+            task_path=task.module_path,
+            queue=task.queue_name,
+            priority=task.priority,
+            backend=self.alias,
+            run_after=task.run_after,
+            enqueued_micros=enqueued_micros,
+        )
+        return results, records, shared
+
+    def _trips(
+        self, task: Task, records: list[tuple[str, str, str]], shared: dict[str, str], chunk: int
+    ) -> Iterable[tuple[list[Any], list[tuple[int, int]]]]:
+        """Yield the script calls of each round trip, with the (start, stop) of each call's records."""
+        due_ms = self._due_ms(task)
+        per_trip = chunk * CHUNKS_PER_TRIP
+        for trip in range(0, len(records), per_trip):
+            spans = [
+                (s, min(s + chunk, len(records)))
+                for s in range(trip, min(trip + per_trip, len(records)), chunk)
+            ]
+            calls = [
+                self.store.enqueue_many_call(task.queue_name, task.priority, due_ms, shared, records[a:b])
+                for a, b in spans
+            ]
+            yield calls, spans
+
+    @staticmethod
+    def _partial(done: list[TaskResult], exc: ConveyorError) -> PartiallyEnqueued:
+        return PartiallyEnqueued(
+            f"enqueue_many() stored {len(done)} tasks and then failed: {exc}", list(done)
+        )
+
+    def _write_many(
+        self,
+        task: Task,
+        results: list[TaskResult],
+        records: list[tuple[str, str, str]],
+        shared: dict[str, str],
+        chunk: int,
+    ) -> None:
+        """Send the chunks trip by trip; signal a trip's tasks while Redis stores the next trip."""
+        transport = self.store.transport
+        trips = iter(self._trips(task, records, shared, chunk))
+        done: list[TaskResult] = []
+        send = task_enqueued.send
+        with transport.hold():
+            current = next(trips, None)
+            sent = self._send_trip(current[0]) if current else None
+            while current is not None:
+                calls, spans = current
+                try:
+                    if sent is None:
+                        raise RedisUnavailable("not sent")
+                    replies = transport.receive(sent, check=False)
+                except ConveyorError:  # a lost connection: send again once, as run() does (idempotent)
+                    try:
+                        replies = transport.run(calls, check=False)
+                    except ConveyorError as exc:
+                        raise self._partial(done, exc) from exc
+                failed = next((r for r in replies if isinstance(r, ConveyorError)), None)
+                following = next(trips, None) if failed is None else None
+                sent = self._send_trip(following[0]) if following else None
+                for (a, b), reply in zip(spans, replies, strict=True):
+                    if not isinstance(reply, ConveyorError):
+                        for result in results[a:b]:
+                            send(type(self), task_result=result)
+                        done += results[a:b]
+                if failed is not None:
+                    raise self._partial(done, failed) from failed
+                current = following
+
+    def _send_trip(self, calls: list[Any]) -> Any:
+        """Write a trip's calls without waiting; None when that failed (the trip is then run again)."""
+        try:
+            return self.store.transport.send_ahead(calls)
+        except ConveyorError:
+            return None
+
+    def enqueue_many(
+        self, task: Task, items: Iterable[tuple[Any, Any]], *, chunk: int = DEFAULT_CHUNK
+    ) -> list[TaskResult]:
+        """Enqueue one task with many (args, kwargs) pairs: chunk tasks per atomic script call,
+        CHUNKS_PER_TRIP calls per round trip, task_enqueued for each task; return their results."""
+        results, records, shared = self._prepare_many(task, items, chunk)
+        if self.settings.enqueue_on_commit:
+            transaction.on_commit(partial(self._write_many, task, results, records, shared, chunk))
+        elif results:
+            self._write_many(task, results, records, shared, chunk)
+        return results
+
+    async def aenqueue_many(
+        self, task: Task, items: Iterable[tuple[Any, Any]], *, chunk: int = DEFAULT_CHUNK
+    ) -> list[TaskResult]:
+        """Enqueue many like enqueue_many(), on the running event loop (on_commit needs the sync path)."""
+        if self.settings.enqueue_on_commit:
+            from asgiref.sync import sync_to_async
+
+            return await sync_to_async(self.enqueue_many, thread_sensitive=True)(
+                task, list(items), chunk=chunk
+            )
+        results, records, shared = self._prepare_many(task, items, chunk)
+        done: list[TaskResult] = []
+        for calls, spans in self._trips(task, records, shared, chunk):
+            try:
+                replies = await self.store.arun(calls, check=False)
+            except ConveyorError as exc:
+                raise self._partial(done, exc) from exc
+            failed: ConveyorError | None = None
+            for (a, b), reply in zip(spans, replies, strict=True):
+                if isinstance(reply, ConveyorError):
+                    failed = failed or reply
+                    continue
+                for result in results[a:b]:
+                    await task_enqueued.asend(type(self), task_result=result)
+                done += results[a:b]
+            if failed is not None:
+                raise self._partial(done, failed) from failed
+        return results
 
     # -- results -----------------------------------------------------------------
 
@@ -254,6 +496,11 @@ class RedisBackend(BaseTaskBackend):
             ) from exc
         if not isinstance(task, Task):
             raise TaskResultDoesNotExist(f"{record.id}: {record.task_path!r} is not a Task")
+        return self._as_recorded(task, record)
+
+    @staticmethod
+    def _as_recorded(task: Task, record: codec.TaskRecord) -> Task:
+        """Return task with the priority, queue, run_after and backend its record was sent with."""
         changes: dict[str, Any] = {}
         if task.priority != record.priority:
             changes["priority"] = record.priority
@@ -388,3 +635,23 @@ class RedisBackend(BaseTaskBackend):
                 )
             )
         return errors
+
+
+def enqueue_many(
+    task: Task, items: Iterable[tuple[Any, Any]], *, chunk: int = DEFAULT_CHUNK
+) -> list[TaskResult]:
+    """Enqueue task once per (args, kwargs) pair; on conveyor in a few round trips, elsewhere one by one."""
+    backend = task.get_backend()
+    if isinstance(backend, RedisBackend):
+        return backend.enqueue_many(task, items, chunk=chunk)
+    return [backend.enqueue(task, args, kwargs) for args, kwargs in items]
+
+
+async def aenqueue_many(
+    task: Task, items: Iterable[tuple[Any, Any]], *, chunk: int = DEFAULT_CHUNK
+) -> list[TaskResult]:
+    """Enqueue task once per (args, kwargs) pair like enqueue_many(), on the running event loop."""
+    backend = task.get_backend()
+    if isinstance(backend, RedisBackend):
+        return await backend.aenqueue_many(task, items, chunk=chunk)
+    return [await backend.aenqueue(task, args, kwargs) for args, kwargs in items]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime, timedelta
 from itertools import accumulate, chain
 from typing import Any, Protocol
@@ -205,6 +207,87 @@ def encode_payload(
     return args_json, kwargs_json
 
 
+class _NotPlain(Exception):
+    """Raised by the fast path's encoder for a value JSON has no type for."""
+
+
+def _not_plain(value: Any) -> Any:
+    raise _NotPlain
+
+
+# The fast path encodes and copies with json's C encoder and scanner made once (json.dumps()
+# and json.loads() make them per call). The encoder skips json's cycle check: a cycle
+# recurses until RecursionError, which sends the value to the checked path like any
+# value nested too deep.
+try:
+    from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+    from json.scanner import c_make_scanner  # type: ignore[attr-defined]
+except ImportError:  # a Python without the _json accelerator
+    _encode_c: Any = None
+else:
+    _encode_c = c_make_encoder(None, _not_plain, encode_basestring, None, ":", ",", False, False, False)
+    _scan_c = c_make_scanner(json.JSONDecoder())
+
+
+def encode_plain_payload(
+    args: Any, kwargs: Any, limit: int, *, max_nesting: int = DEFAULT_MAX_NESTING
+) -> tuple[list[Any], dict[str, Any], str, str] | None:
+    """Encode arguments JSON carries unchanged without normalize_json(); None when they need the checked path.
+
+    Returns the normalised args and kwargs (equal to what normalize_json() gives: a JSON copy)
+    and their JSON. Bytes, Mappings and Sequences JSON has no type for, keys that are not
+    str and anything nested deeper than max_nesting go the checked way, which normalises,
+    refuses or names the problem as before.
+    """
+    if _encode_c is None or (type(args) is not tuple and type(args) is not list) or type(kwargs) is not dict:
+        return None
+    try:
+        args_json, kwargs_json = "".join(_encode_c(args, 0)), "".join(_encode_c(kwargs, 0))
+    except (_NotPlain, RecursionError):
+        return None
+    except ValueError as exc:
+        raise TypeError(f"Unsupported value in task arguments: {exc}") from exc
+    # args and kwargs are one level themselves, so their text may nest max_nesting + 1 deep.
+    for text in (args_json, kwargs_json):
+        if len(text) > max_nesting + 1 and _text_deeper_than(
+            text.encode(errors="surrogatepass"), max_nesting + 1
+        ):
+            return None
+    # str.isascii() reads a flag: an ASCII text is as long in UTF-8 as in characters.
+    size = (len(args_json) if args_json.isascii() else len(args_json.encode())) + (
+        len(kwargs_json) if kwargs_json.isascii() else len(kwargs_json.encode())
+    )
+    if size > limit:
+        raise PayloadTooLarge(f"Task arguments are {size} bytes encoded, over MAX_PAYLOAD_BYTES={limit}.")
+    # A JSON round trip copies what JSON carries unchanged as normalize_json() does.
+    norm_args, norm_kwargs = _scan_c(f"[{args_json},{kwargs_json}]", 0)[0]
+    # JSON turns keys that are not str (1, True, None) into text, where normalize_json()
+    # keeps them and the checked path refuses them. When kwargs' own "{" is the only one,
+    # there is no other dict and checking kwargs' keys suffices; otherwise the copy must
+    # equal the arguments (a tuple inside them compares unequal too: checked path, same outcome).
+    if "{" in args_json or kwargs_json.count("{") != 1:
+        if norm_args != list(args) or norm_kwargs != kwargs:
+            return None
+    elif not all(type(key) is str for key in kwargs):
+        return None
+    return norm_args, norm_kwargs, args_json, kwargs_json
+
+
+# Canonical JSON for unique-task digests: sorted keys, so equal arguments give equal text.
+_CANONICAL = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False, sort_keys=True)
+
+
+def unique_digest(task_path: str, queue: str, args: Any, kwargs: Any, key: str | None = None) -> str:
+    """Return the hex SHA-256 naming a unique task's lock: task path and queue with its
+    normalised arguments, or task path and the task's own key when it has a key function."""
+    parts = [task_path, queue, args, kwargs] if key is None else [task_path, {"key": key}]
+    try:
+        text = _CANONICAL.encode(parts)
+    except ValueError as exc:
+        raise TypeError(f"Unsupported value in task arguments: {exc}") from exc
+    return hashlib.sha256(text.encode(errors="surrogatepass")).hexdigest()
+
+
 def _only_string_keys(args_json: str, kwargs_json: str, kwargs: Any) -> bool:
     """Tell, without decoding, that JSON kept every dict key as it was."""
     # JSON turns 1, True and None keys into text. When the only "{" in both texts is
@@ -383,6 +466,30 @@ def failure_fields(finished_at: datetime | None, errors: Sequence[AnError]) -> d
 def retry_fields(errors: Sequence[AnError]) -> dict[str, str]:
     """Return the fields retry.lua sets for an attempt that will be tried again."""
     return {"errors": encode_errors(errors) if errors else "[]"}
+
+
+def shared_fields(
+    *,
+    task_path: str,
+    queue: str,
+    priority: int,
+    backend: str,
+    run_after: datetime | None,
+    enqueued_micros: int,
+) -> dict[str, str]:
+    """Return the hash fields every task of one enqueue_many() chunk shares (all but args and kwargs)."""
+    fields = {
+        "v": VERSION,
+        "task": task_path,
+        "queue": queue,
+        "priority": str(priority),
+        "backend": backend,
+        "status": "READY",
+        "enqueued_at": str(enqueued_micros),
+    }
+    if run_after is not None:
+        fields["run_after"] = str(to_micros(run_after))
+    return fields
 
 
 def new_record(
@@ -599,6 +706,62 @@ def _decode_checked(task_id: str, raw: Mapping[Any, Any]) -> TaskRecord:
 
 
 _RESULT_STATUS = {status: TaskResultStatus(status) for status in STATUSES}
+_READY_FIELDS = (
+    "task",
+    "id",
+    "status",
+    "enqueued_at",
+    "started_at",
+    "finished_at",
+    "last_attempted_at",
+    "args",
+    "kwargs",
+    "backend",
+    "errors",
+    "worker_ids",
+    "_return_value",
+)
+# ready_result() fills these fields itself; on a Django whose TaskResult has others it
+# takes the constructor instead.
+_FAST_READY = tuple(f.name for f in dataclass_fields(TaskResult)) == _READY_FIELDS
+
+
+def ready_result(
+    task: Task, task_id: str, enqueued_at: datetime, args: list[Any], kwargs: dict[str, Any], backend: str
+) -> TaskResult:
+    """Return the READY TaskResult of a new task whose args and kwargs are normalised already."""
+    if not _FAST_READY:
+        return TaskResult(
+            task=task,
+            id=task_id,
+            status=TaskResultStatus.READY,
+            enqueued_at=enqueued_at,
+            started_at=None,
+            finished_at=None,
+            last_attempted_at=None,
+            args=args,
+            kwargs=kwargs,
+            backend=backend,
+            errors=[],
+            worker_ids=[],
+        )
+    # TaskResult.__post_init__ only runs normalize_json() over args and kwargs again.
+    result = object.__new__(TaskResult)
+    put = object.__setattr__
+    put(result, "task", task)
+    put(result, "id", task_id)
+    put(result, "status", TaskResultStatus.READY)
+    put(result, "enqueued_at", enqueued_at)
+    put(result, "started_at", None)
+    put(result, "finished_at", None)
+    put(result, "last_attempted_at", None)
+    put(result, "args", args)
+    put(result, "kwargs", kwargs)
+    put(result, "backend", backend)
+    put(result, "errors", [])
+    put(result, "worker_ids", [])
+    put(result, "_return_value", None)
+    return result
 
 
 def to_task_result(record: TaskRecord, task: Task) -> TaskResult:

@@ -55,3 +55,11 @@ class UnknownTask(ConveyorError):
 
 class UnknownQueue(ConveyorError):
     """No task was ever enqueued to this queue name."""
+
+
+class PartiallyEnqueued(ConveyorError):
+    """enqueue_many() stored some chunks and then failed; `enqueued` holds the results it stored."""
+
+    def __init__(self, message: str, enqueued: list[object]) -> None:
+        super().__init__(message)
+        self.enqueued = enqueued

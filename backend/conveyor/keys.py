@@ -95,6 +95,10 @@ class Keys:
         """Return the key where one claim call notes what it claimed, so a replay finds it."""
         return f"{self.tag}:claim:{claim_id}"
 
+    def unique(self, digest: str) -> str:
+        """Return the lock of a unique task: a string holding the id of the task that holds it."""
+        return f"{self.tag}:unique:{digest}"
+
     @property
     def reclaim_state(self) -> str:
         """Return the hash that tells reclaim when it last ran and whether it holds off after an outage."""

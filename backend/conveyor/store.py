@@ -28,12 +28,14 @@ from .transport import ScriptCall, Sent, Transport, script_sha, script_source
 __all__ = [
     "Claimed",
     "EntryState",
+    "Holder",
     "Promotion",
     "QueueStats",
     "Reclaimed",
     "ScriptCall",
     "Sent",
     "Store",
+    "UniqueLock",
     "script_source",
 ]
 
@@ -86,6 +88,23 @@ class Claimed:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class UniqueLock:
+    """The lock a unique task takes at enqueue: its key, how long it lasts, whether RUNNING holds it."""
+
+    key: str
+    window_ms: int
+    while_running: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Holder:
+    """The task whose unique lock turned an enqueue away, with its raw record."""
+
+    task_id: str
+    fields: dict[bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Reclaimed:
     """What a reclaim call did: tasks requeued and failed, or how long it holds off after an outage."""
 
@@ -126,6 +145,8 @@ class Store:
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         # Script calls go through the transport, on connections of the client's pool.
         self.transport = Transport(self._new_connection, self._translate_any)
+        # The keys of enqueue.lua besides the task's own, per queue name (built once each).
+        self._enqueue_keys: dict[str, tuple[str, ...]] = {}
         # A claim's memo outlives any wait for its reply (a replay comes after a timeout at most).
         self._memo_ms = max(10_000, int(3000 * (options.socket_timeout + options.connect_timeout)))
 
@@ -217,44 +238,125 @@ class Store:
     # -- web side ----------------------------------------------------------------
 
     def _enqueue_call(
-        self, task_id: str, queue: str, priority: int, due_ms: int | None, fields: dict[str, str]
+        self,
+        task_id: str,
+        queue: str,
+        priority: int,
+        due_ms: int | None,
+        fields: dict[str, str],
+        unique: UniqueLock | None = None,
     ) -> tuple[list[str], list[Any]]:
         k = self.keys
-        keys = [
-            k.task(task_id),
-            k.ready(queue),
-            k.ready_since(queue),
-            k.scheduled(queue),
-            k.queues,
-            k.seq,
-            k.wake(queue),
-        ]
+        shared = self._enqueue_keys.get(queue)
+        if shared is None:
+            if len(self._enqueue_keys) >= 1024:  # any queue name may come: keep the memo small
+                self._enqueue_keys.clear()
+            shared = (
+                k.ready(queue),
+                k.ready_since(queue),
+                k.scheduled(queue),
+                k.queues,
+                k.seq,
+                k.wake(queue),
+            )
+            self._enqueue_keys[queue] = shared
+        keys = [k.task_prefix + task_id, *shared]
         args: list[Any] = [task_id, queue, priority, "" if due_ms is None else due_ms, WAKE_CAP]
+        if unique is None:
+            args += ("", "0")
+        else:
+            keys += (unique.key, k.task_prefix)
+            args += (unique.window_ms, "1" if unique.while_running else "0")
         for name, value in fields.items():
             args += (name, value)
         return keys, args
 
+    @staticmethod
+    def _enqueued(reply: Any) -> bool | Holder:
+        if type(reply) is int:
+            return bool(reply)
+        holder, flat = reply
+        return Holder(task_id=holder.decode(), fields=dict(zip(flat[::2], flat[1::2], strict=True)))
+
     def enqueue(
-        self, task_id: str, queue: str, priority: int, due_ms: int | None, fields: dict[str, str]
-    ) -> bool:
-        """Store a task atomically in one round trip; False when the id already existed."""
-        keys, args = self._enqueue_call(task_id, queue, priority, due_ms, fields)
-        (stored,) = self.run([ScriptCall(name="enqueue", keys=keys, args=args)])
-        return bool(stored)
+        self,
+        task_id: str,
+        queue: str,
+        priority: int,
+        due_ms: int | None,
+        fields: dict[str, str],
+        *,
+        unique: UniqueLock | None = None,
+    ) -> bool | Holder:
+        """Store a task atomically in one round trip; False when the id already existed.
+
+        With a unique lock whose task is still READY (or RUNNING, if that holds the lock),
+        nothing is stored and that task comes back as a Holder.
+        """
+        keys, args = self._enqueue_call(task_id, queue, priority, due_ms, fields, unique)
+        (reply,) = self.transport.run([ScriptCall(name="enqueue", keys=keys, args=args)])
+        return self._enqueued(reply)
 
     async def aenqueue(
-        self, task_id: str, queue: str, priority: int, due_ms: int | None, fields: dict[str, str]
-    ) -> bool:
+        self,
+        task_id: str,
+        queue: str,
+        priority: int,
+        due_ms: int | None,
+        fields: dict[str, str],
+        *,
+        unique: UniqueLock | None = None,
+    ) -> bool | Holder:
         """Store a task like enqueue(), on the running event loop."""
-        keys, args = self._enqueue_call(task_id, queue, priority, due_ms, fields)
-        call = ScriptCall(name="enqueue", keys=keys, args=args)
+        keys, args = self._enqueue_call(task_id, queue, priority, due_ms, fields, unique)
+        (reply,) = await self.arun([ScriptCall(name="enqueue", keys=keys, args=args)])
+        return self._enqueued(reply)
+
+    def enqueue_many_call(
+        self,
+        queue: str,
+        priority: int,
+        due_ms: int | None,
+        shared: dict[str, str],
+        records: Sequence[tuple[str, str, str]],
+    ) -> ScriptCall:
+        """Return the script call that stores (task id, args JSON, kwargs JSON) records atomically."""
+        k = self.keys
+        keys = [k.ready(queue), k.ready_since(queue), k.scheduled(queue), k.queues, k.seq, k.wake(queue)]
+        args: list[Any] = [queue, priority, "" if due_ms is None else due_ms, WAKE_CAP, len(shared)]
+        for name, value in shared.items():
+            args += (name, value)
+        prefix = k.task_prefix
+        for task_id, args_json, kwargs_json in records:
+            keys.append(prefix + task_id)
+            args += (task_id, args_json, kwargs_json)
+        return ScriptCall(name="enqueue_many", keys=keys, args=args)
+
+    async def arun(self, calls: Sequence[ScriptCall], *, check: bool = True) -> list[Any]:
+        """Send script calls in one round trip on the running event loop, like run()."""
         async with self._aboundary():
             client = self._async_client()
-            try:
-                return bool(await client.evalsha(script_sha(call.name), len(keys), *keys, *args))
-            except NoScriptError:  # Redis lost it (a restart, SCRIPT FLUSH): load it, send again
-                await client.script_load(script_source(call.name))
-                return bool(await client.evalsha(script_sha(call.name), len(keys), *keys, *args))
+            replies = await self._apipeline(client, calls)
+            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            if missing:  # Redis lost them (a restart, SCRIPT FLUSH): load them, send those again
+                for name in {calls[i].name for i in missing}:
+                    await client.script_load(script_source(name))
+                again = await self._apipeline(client, [calls[i] for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+        translated = [self._translate(r) if isinstance(r, RedisError) else r for r in replies]
+        if check:
+            for reply in translated:
+                if isinstance(reply, ConveyorError):
+                    raise reply
+        return translated
+
+    @staticmethod
+    async def _apipeline(client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for call in calls:
+            pipe.evalsha(script_sha(call.name), len(call.keys), *call.keys, *call.args)
+        return list(await pipe.execute(raise_on_error=False))
 
     def get(self, task_id: str) -> dict[bytes, bytes]:
         """Return a task's raw hash (empty when unknown)."""

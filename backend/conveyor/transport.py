@@ -120,11 +120,12 @@ class Transport:
                     held.unread = False
                 self._spare.append(held.conn)
 
-    def run(self, calls: Sequence[ScriptCall]) -> list[Any]:
+    def run(self, calls: Sequence[ScriptCall], *, check: bool = True) -> list[Any]:
         """Send script calls in one round trip and return their replies.
 
         Scripts Redis lost (a restart, SCRIPT FLUSH) are loaded again and only the calls
         that failed with NOSCRIPT are sent again; a broken connection is retried once.
+        An error reply raises, or with check=False takes its call's place as a ConveyorError.
         """
         holding = getattr(self._local, "holding", False)
         for attempt in (1, 2):
@@ -147,6 +148,8 @@ class Transport:
             finally:
                 if conn is not None and not holding:
                     self._spare.append(conn)
+            if not check:
+                return [self._translate(r) if isinstance(r, RedisError) else r for r in replies]
             return self._checked(replies)
         raise AssertionError("unreachable")
 
@@ -169,8 +172,11 @@ class Transport:
         held.unread = True
         return Sent(calls=calls, held=held)
 
-    def receive(self, sent: Sent) -> list[Any]:
-        """Read the replies to a send_ahead() (NOSCRIPT calls are sent again, as run() does)."""
+    def receive(self, sent: Sent, *, check: bool = True) -> list[Any]:
+        """Read the replies to a send_ahead() (NOSCRIPT calls are sent again, as run() does).
+
+        An error reply raises, or with check=False takes its call's place as a ConveyorError.
+        """
         held = sent.held
         if not held.unread:  # dropped when its thread gave the connection back
             raise RedisUnavailable("the replies sent ahead were dropped with their connection")
@@ -181,6 +187,8 @@ class Transport:
             raise self._translate(exc) from exc
         finally:
             held.unread = False
+        if not check:
+            return [self._translate(r) if isinstance(r, RedisError) else r for r in replies]
         return self._checked(replies)
 
     def _checked(self, replies: list[Any]) -> list[Any]:

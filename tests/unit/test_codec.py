@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from conveyor import codec
 from conveyor.exceptions import CorruptRecord, PayloadTooLarge
-from django.tasks import TaskResultStatus
+from django.tasks import TaskResult, TaskResultStatus
 
 from tests import tasks
 
@@ -850,3 +850,77 @@ def test_bracket_count_never_misses_depth_in_random_text() -> None:
         for limit in (1, 3, 10, 40):
             if scanned_depth(text) > limit:
                 assert codec._text_deeper_than(text.encode(), limit), (text, limit)
+
+
+PLAIN_PAYLOADS: list[tuple[Any, Any]] = [
+    ((), {}),
+    ((1, "two"), {"three": [3, 4], "five": None}),
+    ([1.5, -0.0, 10**30, True, False, None], {"é": "ünïcode ✓", "nested": {"a": [[1, 2], {"b": []}]}}),
+    (("x" * 500,), {"deep": [[[[[[1]]]]]]}),
+]
+
+
+@pytest.mark.parametrize(("args", "kwargs"), PLAIN_PAYLOADS)
+def test_plain_payload_fast_path_matches_the_checked_path(args: Any, kwargs: Any) -> None:
+    from django.utils.json import normalize_json
+
+    fast = codec.encode_plain_payload(args, kwargs, 1 << 20)
+
+    assert fast is not None
+    norm_args, norm_kwargs = normalize_json(args), normalize_json(kwargs)
+    assert (fast[0], fast[1]) == (norm_args, norm_kwargs)
+    assert type(fast[0]) is list and type(fast[1]) is dict
+    assert (fast[2], fast[3]) == codec.encode_payload(norm_args, norm_kwargs, 1 << 20)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ((b"bytes",), {}),
+        ((MappingProxyType({"a": 1}),), {}),
+        ((), {"d": {1: "int key"}}),
+        ((range(3),), {}),
+        ((datetime.now(UTC),), {}),
+        ([[[[1]]]], {}),
+    ],
+)
+def test_plain_payload_leaves_everything_else_to_the_checked_path(args: Any, kwargs: Any) -> None:
+    assert codec.encode_plain_payload(args, kwargs, 1 << 20, max_nesting=2) is None
+
+
+def test_plain_payload_refuses_nan_and_oversized_arguments() -> None:
+    with pytest.raises(TypeError, match="Unsupported value"):
+        codec.encode_plain_payload((math.nan,), {}, 1 << 20)
+    with pytest.raises(PayloadTooLarge):
+        codec.encode_plain_payload(("é" * 60,), {}, 100)  # 120 bytes of UTF-8, 60 characters
+
+
+def test_ready_result_equals_the_constructed_one() -> None:
+    moment = datetime(2026, 11, 30, tzinfo=UTC)
+    built = codec.ready_result(tasks.noop_task, "an-id", moment, [1], {"a": 2}, "default")
+
+    assert built == TaskResult(
+        task=tasks.noop_task,
+        id="an-id",
+        status=TaskResultStatus.READY,
+        enqueued_at=moment,
+        started_at=None,
+        finished_at=None,
+        last_attempted_at=None,
+        args=[1],
+        kwargs={"a": 2},
+        backend="default",
+        errors=[],
+        worker_ids=[],
+    )
+    assert codec._FAST_READY
+
+
+def test_unique_digest_ignores_keyword_order_and_separates_keys_from_arguments() -> None:
+    path = tasks.noop_task.module_path
+    one = codec.unique_digest(path, "q", [1], {"a": 1, "b": 2})
+
+    assert one == codec.unique_digest(path, "q", [1], {"b": 2, "a": 1})
+    assert one != codec.unique_digest(path, "other", [1], {"a": 1, "b": 2})
+    assert codec.unique_digest(path, "q", [], {}, "k") == codec.unique_digest(path, "other", [9], {}, "k")
+    assert len(one) == 64

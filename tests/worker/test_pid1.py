@@ -40,7 +40,7 @@ def test_worker_as_pid_1_runs_tasks_and_drains_on_sigterm(
         CONVEYOR_TEST_REDIS_URL=redis_url,
         CONVEYOR_TEST_PREFIX=prefix,
         CONVEYOR_ALLOWED_TASK_MODULES="tests",
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=os.pathsep.join([str(ROOT / "backend"), str(ROOT / "worker"), str(ROOT)]),
         CONVEYOR_HEALTH_PORT="0",
         CONVEYOR_SHUTDOWN_TIMEOUT="20",
     )
