@@ -51,3 +51,13 @@ class UnknownTask(ConveyorError):
 
 class UnknownQueue(ConveyorError):
     """No task was ever enqueued to this queue name."""
+
+
+class ResultTimeout(ConveyorError, TimeoutError):
+    """A task did not finish within the time a caller waited for its result."""
+
+    def __init__(self, task_id: str, status: str, timeout: float) -> None:
+        super().__init__(f"task {task_id} is still {status} after waiting {timeout:g} s for its result")
+        self.task_id = task_id
+        self.status = status
+        self.timeout = timeout

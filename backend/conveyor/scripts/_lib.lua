@@ -49,3 +49,13 @@ local function undo_attempt(key, token)
     end
   end
 end
+
+-- Tell waiters a task reached a final state: its done list holds one token for a while
+-- (a waiter blocks on it with BLMOVE list list, which leaves the token for the next one)
+-- and its id goes to the done channel (the asyncio waiters' one subscription).
+local function notify_done(list, channel, ttl_ms, id)
+  redis.call('DEL', list)
+  redis.call('RPUSH', list, '1')
+  redis.call('PEXPIRE', list, ttl_ms)
+  redis.call('PUBLISH', channel, id)
+end
