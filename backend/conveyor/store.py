@@ -705,8 +705,9 @@ class Store:
             k.scheduled(queue),
             k.failed(queue),
             k.succeeded(queue),
+            k.done(task_id),
         ]
-        return ScriptCall(name="delete", keys=keys, args=[task_id])
+        return ScriptCall(name="delete", keys=keys, args=[task_id, self._done_channel, DONE_TTL_MS])
 
     def purge_index(self, index: str, status: str, cutoff_ms: int, batch: int) -> int:
         """Delete up to batch finished tasks of one index finished by cutoff_ms; return entries removed."""
@@ -717,8 +718,9 @@ class Store:
     def drop_ready(self, queue: str, batch: int) -> int:
         """Delete up to batch READY tasks of a queue (ready, then waiting); return entries removed."""
         k = self.keys
-        keys = [k.task_prefix, k.ready(queue), k.ready_since(queue), k.scheduled(queue)]
-        (removed,) = self.run([ScriptCall(name="drop", keys=keys, args=[batch])])
+        keys = [k.task_prefix, k.ready(queue), k.ready_since(queue), k.scheduled(queue), k.done_prefix]
+        args = [batch, self._done_channel, DONE_TTL_MS]
+        (removed,) = self.run([ScriptCall(name="drop", keys=keys, args=args)])
         return int(removed)
 
     def claim_project(self, project: str) -> str:

@@ -435,3 +435,35 @@ def test_waiters_time_out_while_redis_stays_down(durable_redis: RedisProcess) ->
         finally:
             durable_redis.start()
             backend.store.close()
+
+
+def test_a_task_deleted_while_waited_for_raises_does_not_exist(make_backend: BackendFactory) -> None:
+    """Deleting (one task, or a queue's READY tasks) wakes its waiters, even those without a timeout."""
+    backend = make_backend()
+    deleted, dropped = enqueue(backend), enqueue(backend)
+    outcomes: dict[str, BaseException] = {}
+
+    def wait_sync() -> None:
+        try:
+            backend.wait_result(deleted, timeout=None)
+        except TaskResultDoesNotExist as exc:
+            outcomes[deleted] = exc
+
+    async def wait_async() -> None:
+        try:
+            await backend.await_result(dropped, timeout=None)
+        except TaskResultDoesNotExist as exc:
+            outcomes[dropped] = exc
+
+    waiters = [threading.Thread(target=wait_sync), threading.Thread(target=lambda: asyncio.run(wait_async()))]
+    for w in waiters:
+        w.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    assert backend.store.run([backend.store.delete_call(deleted, "default")]) == [b"deleted"]
+    assert backend.store.drop_ready("default", 100) == 1
+    for w in waiters:
+        w.join(timeout=10)
+
+    assert set(outcomes) == {deleted, dropped}
+    assert time.monotonic() - started < 1
