@@ -111,6 +111,7 @@ class Store:
         # A claim's memo outlives any wait for its reply (a replay comes after a timeout at most).
         self._memo_ms = max(10_000, int(3000 * (options.socket_timeout + options.connect_timeout)))
         self._done_channel = keys.done_channel
+        self._done_prefix = keys.done_prefix  # finish_call appends an id itself: no call on the hot path
 
     # -- connections -------------------------------------------------------------
 
@@ -394,7 +395,9 @@ class Store:
         k = self.keys
         index = k.succeeded(queue) if status == "SUCCESSFUL" else k.failed(queue)
         return ScriptCall(
-            name="finish", keys=[k.task(task_id), k.running(queue), index, k.done(task_id)], args=args
+            name="finish",
+            keys=[k.task(task_id), k.running(queue), index, self._done_prefix + task_id],
+            args=args,
         )
 
     def finish(
