@@ -1,8 +1,9 @@
 """Wait for a task's result: block on its done list (threads) or share one subscription (asyncio).
 
 The contract with the scripts: wait.lua reads a task and, when it is not finished, marks it
-"waited" in the same step; finish.lua, reclaim.lua and cancel.lua, on finishing a marked task,
-put one token in its done list for DONE_TTL_MS and publish its id on the done channel. A
+"waited" in the same step; finish.lua, reclaim.lua and cancel.lua, on finishing a marked task
+(and delete.lua and drop.lua, on deleting one), put one token in its done list for
+DONE_TTL_MS and publish its id on the done channel. A
 waiter therefore looks (and marks) first and blocks second: a finish before the look is seen
 by the look, a finish after it notifies. Every wake-up, timeout and reconnect is followed by
 another look, so a lost notification costs latency, never a wrong answer.
@@ -103,31 +104,31 @@ class AsyncWaiters:
         status = "unknown"
         try:
             self._ensure_listener()
-            while True:
-                try:
+            try:
+                while True:
                     await self._until(self._subscribed.wait(), deadline)
                     look = await self._until(self._look(task_id), deadline)
-                except TimeoutError:
-                    down = " (Redis unavailable)" if self._failure is not None else ""
-                    raise ResultTimeout(task_id, status + down, timeout or 0.0) from self._failure
-                record = _finished(task_id, look)
-                if record is not None:
-                    return record
-                status = str(look)
-                try:
-                    await self._until(woken, deadline)
-                except TimeoutError:  # one last look decides: finished just now, or a timeout
-                    try:
-                        look = await asyncio.wait_for(self._look(task_id), LAST_LOOK)
-                    except TimeoutError:
-                        look = f"{status} (Redis unavailable)"
                     record = _finished(task_id, look)
                     if record is not None:
                         return record
-                    raise ResultTimeout(task_id, str(look), timeout or 0.0) from None
-                waiting.discard(woken)  # woken: look again (a stale publish finds it unfinished)
-                woken = loop.create_future()
-                waiting.add(woken)
+                    status = str(look)
+                    await self._until(woken, deadline)
+                    waiting.discard(woken)  # woken: look again (a stale publish finds it unfinished)
+                    woken = loop.create_future()
+                    waiting.add(woken)
+            except TimeoutError:
+                pass
+            # The deadline passed: one last look decides (finished just now, or a timeout).
+            try:
+                look = await asyncio.wait_for(self._look(task_id), LAST_LOOK)
+            except TimeoutError:
+                raise ResultTimeout(
+                    task_id, f"{status} (Redis unavailable)", timeout or 0.0
+                ) from self._failure
+            record = _finished(task_id, look)
+            if record is not None:
+                return record
+            raise ResultTimeout(task_id, str(look), timeout or 0.0)
         finally:
             waiting.discard(woken)
             if not waiting and self._waiting.get(task_id) is waiting:

@@ -467,3 +467,22 @@ def test_a_task_deleted_while_waited_for_raises_does_not_exist(make_backend: Bac
 
     assert set(outcomes) == {deleted, dropped}
     assert time.monotonic() - started < 1
+
+
+def test_a_zero_timeout_looks_once(make_backend: BackendFactory) -> None:
+    backend = make_backend()
+    done = enqueue(backend)
+    (claimed,) = claim(backend)
+    finish(backend, claimed)
+    ready = enqueue(backend)
+
+    assert backend.wait_result(done, timeout=0).status == TaskResultStatus.SUCCESSFUL
+    with pytest.raises(ResultTimeout, match="READY"):
+        backend.wait_result(ready, timeout=0)
+
+    async def scenario() -> None:
+        assert (await backend.await_result(done, timeout=0)).status == TaskResultStatus.SUCCESSFUL
+        with pytest.raises(ResultTimeout, match="READY"):
+            await backend.await_result(ready, timeout=0)
+
+    asyncio.run(scenario())
