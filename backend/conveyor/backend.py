@@ -27,6 +27,7 @@ from .options import parse_options
 from .retries import Backoff, backoff_problem, max_attempts_problem, parse_retry_defaults
 from .schedule import ScheduleEntry
 from .store import Holder, Store, UniqueLock
+from .waiting import async_waiters, wait_for_record
 
 # Ids are 32 URL-safe characters from secrets; anything else cannot be one of ours.
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -583,6 +584,33 @@ class RedisBackend(BaseTaskBackend):
         self._require_valid_options()
         return self._result_from(result_id, await self.store.aget(result_id))
 
+    # -- waiting -----------------------------------------------------------------
+
+    @staticmethod
+    def _check_timeout(timeout: Any) -> None:
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
+        ):
+            raise ValueError(f"timeout must be a number of seconds (0 or more) or None, not {timeout!r}")
+
+    def wait_result(self, result_id: str, *, timeout: float | None) -> TaskResult:
+        """Return a task's result once SUCCESSFUL or FAILED, blocking this thread until then.
+
+        Raise conveyor.exceptions.ResultTimeout after timeout seconds (None waits as long as
+        it takes) and TaskResultDoesNotExist for an unknown id, as get_result() does.
+        """
+        self._check_id(result_id)
+        self._check_timeout(timeout)
+        self._require_valid_options()
+        return self._result_from(result_id, wait_for_record(self.store, result_id, timeout))
+
+    async def await_result(self, result_id: str, *, timeout: float | None) -> TaskResult:
+        """Wait like wait_result(), on the running event loop; waiters share one connection."""
+        self._check_id(result_id)
+        self._check_timeout(timeout)
+        self._require_valid_options()
+        return self._result_from(result_id, await async_waiters(self.store).wait(result_id, timeout))
+
     # -- checks ------------------------------------------------------------------
 
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -655,3 +683,22 @@ async def aenqueue_many(
     if isinstance(backend, RedisBackend):
         return await backend.aenqueue_many(task, items, chunk=chunk)
     return [await backend.aenqueue(task, args, kwargs) for args, kwargs in items]
+
+
+def _conveyor_backend(result: TaskResult) -> RedisBackend:
+    from django.tasks import task_backends
+
+    backend = task_backends[result.backend]
+    if not isinstance(backend, RedisBackend):
+        raise TypeError(f"task backend {result.backend!r} is not a conveyor RedisBackend")
+    return backend
+
+
+def wait_result(result: TaskResult, *, timeout: float | None) -> TaskResult:
+    """Return the finished TaskResult of an enqueued task (see RedisBackend.wait_result)."""
+    return _conveyor_backend(result).wait_result(result.id, timeout=timeout)
+
+
+async def await_result(result: TaskResult, *, timeout: float | None) -> TaskResult:
+    """Return the finished TaskResult of an enqueued task (see RedisBackend.await_result)."""
+    return await _conveyor_backend(result).await_result(result.id, timeout=timeout)

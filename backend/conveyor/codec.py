@@ -438,6 +438,12 @@ SCHEMA: tuple[Field, ...] = (
         written_by=("cancel", "requeue"),
         meaning="when an operator cancelled it; a worker stops it, a claim fails it unstarted",
     ),
+    Field(
+        name="waited",
+        form="µs",
+        written_by=("wait",),
+        meaning="when a waiter last looked at it unfinished: the script that finishes it then notifies",
+    ),
 )
 SCHEMA_BY_NAME = {f.name: f for f in SCHEMA}
 

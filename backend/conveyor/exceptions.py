@@ -63,3 +63,13 @@ class PartiallyEnqueued(ConveyorError):
     def __init__(self, message: str, enqueued: list[object]) -> None:
         super().__init__(message)
         self.enqueued = enqueued
+
+
+class ResultTimeout(ConveyorError, TimeoutError):
+    """A task did not finish within the time a caller waited for its result."""
+
+    def __init__(self, task_id: str, status: str, timeout: float) -> None:
+        super().__init__(f"task {task_id} is still {status} after waiting {timeout:g} s for its result")
+        self.task_id = task_id
+        self.status = status
+        self.timeout = timeout

@@ -62,6 +62,20 @@ class Keys:
         """Return the sorted set of a queue's SUCCESSFUL task ids scored by finish time (ms)."""
         return f"{self.tag}:succeeded:{queue}"
 
+    @property
+    def done_prefix(self) -> str:
+        """Return the prefix a task id is appended to for its done list (scripts receive it in KEYS)."""
+        return f"{self.tag}:done:"
+
+    def done(self, task_id: str) -> str:
+        """Return the list a finished task's waiters block on (one token, briefly, once it is waited for)."""
+        return self.done_prefix + task_id
+
+    @property
+    def done_channel(self) -> str:
+        """Return the pub/sub channel the ids of finished tasks someone waits for are published on."""
+        return f"{self.tag}:finished"
+
     def worker(self, worker_id: str) -> str:
         """Return the string holding a live worker's heartbeat (JSON), expiring on its own."""
         return f"{self.tag}:worker:{worker_id}"

@@ -47,6 +47,10 @@ CANCEL_REQUESTED = 2
 # so tokens from a busy period cannot pile up.
 WAKE_CAP = 256
 
+# A finished task's done list (written only when someone waits for it) outlives the finish
+# by this much, for a waiter that looks just before the finish and blocks just after.
+DONE_TTL_MS = 60_000
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueueStats:
@@ -149,6 +153,8 @@ class Store:
         self._enqueue_keys: dict[str, tuple[str, ...]] = {}
         # A claim's memo outlives any wait for its reply (a replay comes after a timeout at most).
         self._memo_ms = max(10_000, int(3000 * (options.socket_timeout + options.connect_timeout)))
+        self._done_channel = keys.done_channel
+        self._done_prefix = keys.done_prefix  # finish_call appends an id itself: no call on the hot path
 
     # -- connections -------------------------------------------------------------
 
@@ -369,6 +375,94 @@ class Store:
             client = self._async_client()
             return await client.hgetall(self.keys.task(task_id))  # type: ignore[no-any-return]
 
+    # -- waiting for results (conveyor.waiting) ------------------------------------------
+
+    def look_call(self, task_id: str) -> ScriptCall:
+        """Return the script call that reads a task for a waiter and marks it waited (see wait.lua)."""
+        return ScriptCall(name="wait", keys=[self.keys.task(task_id)], args=[])
+
+    @staticmethod
+    def _parse_look(reply: Any) -> dict[bytes, bytes] | str | None:
+        if reply is None:
+            return None
+        if isinstance(reply, list):
+            return dict(zip(reply[::2], reply[1::2], strict=True))
+        return bytes(reply).decode(errors="replace")
+
+    def look(self, task_id: str) -> dict[bytes, bytes] | str | None:
+        """Return a finished task's record, else its status (now marked waited); None when unknown."""
+        (reply,) = self.run([self.look_call(task_id)])
+        return self._parse_look(reply)
+
+    async def alook(self, task_ids: Sequence[str]) -> list[dict[bytes, bytes] | str | None]:
+        """Look at many tasks like look(), in one round trip on the running event loop."""
+        sha = script_sha("wait")
+        async with self._aboundary():
+            client = self._async_client()
+            for attempt in (1, 2):
+                pipe = client.pipeline(transaction=False)
+                for task_id in task_ids:
+                    pipe.evalsha(sha, 1, self.keys.task(task_id))
+                replies = await pipe.execute(raise_on_error=False)
+                if attempt == 1 and any(isinstance(r, NoScriptError) for r in replies):
+                    await client.script_load(script_source("wait"))  # Redis lost it: load, send again
+                    continue
+                for reply in replies:
+                    if isinstance(reply, Exception):
+                        raise reply
+                return [self._parse_look(r) for r in replies]
+        raise AssertionError("unreachable")
+
+    def block_until_done(self, task_id: str, timeout: float) -> bool:
+        """Block until the task's done list holds its token or timeout seconds pass; True when it does.
+
+        BLMOVE from the list onto itself leaves the token, so every waiter of the task wakes.
+        """
+        key = self.keys.done(task_id)
+        with self._boundary():
+            return (
+                self.client.execute_command("BLMOVE", key, key, "LEFT", "LEFT", max(timeout, 0.001))
+                is not None
+            )
+
+    @asynccontextmanager
+    async def adone_subscription(self) -> Any:
+        """Yield a function returning the next finished waited-for task id (None after timeout seconds).
+
+        The subscription is confirmed before the block starts; it holds one connection of
+        the running loop's pool until the block ends. Redis errors leave as ConveyorError.
+        """
+        loop = asyncio.get_running_loop()
+        silence = self.options.socket_timeout  # quiet this long: PING; twice as long: dead
+        async with self._aboundary():
+            pubsub = self._async_client().pubsub()
+            try:
+                await pubsub.subscribe(self._done_channel)
+                heard = loop.time()
+                while (await pubsub.get_message(timeout=0.1)) is None:  # the confirmation
+                    if loop.time() - heard > silence:
+                        raise RedisTimeoutError("no confirmation of SUBSCRIBE")
+                pinged = heard = loop.time()
+
+                async def next_id(timeout: float) -> str | None:
+                    nonlocal heard, pinged
+                    message = await pubsub.get_message(timeout=timeout)
+                    now = loop.time()
+                    if message is not None:
+                        heard = now
+                        if message.get("type") == "message":
+                            return bytes(message["data"]).decode(errors="replace")
+                    elif now - heard > 2 * silence:
+                        raise RedisTimeoutError(f"no answer on the subscription for {now - heard:.1f} s")
+                    elif now - heard > silence and now - pinged > silence:
+                        await pubsub.ping()
+                        pinged = now
+                    return None
+
+                yield next_id
+            finally:
+                await pubsub.aclose()
+
     def ping(self) -> bool:
         """Round-trip to Redis; raise RedisUnavailable when that fails."""
         with self._boundary():
@@ -419,12 +513,16 @@ class Store:
         self, task_id: str, queue: str, token: str, status: str, ttl: int, fields: dict[str, str]
     ) -> ScriptCall:
         """Return the script call that records a final state (see finish())."""
-        args: list[Any] = [task_id, token, status, ttl]
+        args: list[Any] = [task_id, token, status, ttl, self._done_channel, DONE_TTL_MS]
         for name, value in fields.items():
             args += (name, value)
         k = self.keys
         index = k.succeeded(queue) if status == "SUCCESSFUL" else k.failed(queue)
-        return ScriptCall(name="finish", keys=[k.task(task_id), k.running(queue), index], args=args)
+        return ScriptCall(
+            name="finish",
+            keys=[k.task(task_id), k.running(queue), index, self._done_prefix + task_id],
+            args=args,
+        )
 
     def finish(
         self, task_id: str, queue: str, token: str, status: str, ttl: int, fields: dict[str, str]
@@ -503,10 +601,19 @@ class Store:
         outage: then nothing is reclaimed for lease_ms, so live owners renew first.
         """
         k = self.keys
-        keys = [k.task_prefix, k.reclaim_state]
+        keys = [k.task_prefix, k.reclaim_state, k.done_prefix]
         for q in queues:
             keys += (k.running(q), k.ready(q), k.ready_since(q), k.wake(q), k.failed(q))
-        args = [limit, max_deliveries, failed_ttl, WAKE_CAP, lease_ms, outage_ms]
+        args = [
+            limit,
+            max_deliveries,
+            failed_ttl,
+            WAKE_CAP,
+            lease_ms,
+            outage_ms,
+            self._done_channel,
+            DONE_TTL_MS,
+        ]
         ((requeued, failed, held),) = self.run([ScriptCall(name="reclaim", keys=keys, args=args)])
         return Reclaimed(requeued=int(requeued), failed=int(failed), held_ms=int(held))
 
@@ -695,13 +802,24 @@ class Store:
             k.scheduled(queue),
             k.failed(queue),
             k.cancels,
+            k.done(task_id),
         ]
-        return ScriptCall(name="cancel", keys=keys, args=[task_id, failed_ttl, by])
+        return ScriptCall(
+            name="cancel", keys=keys, args=[task_id, failed_ttl, by, self._done_channel, DONE_TTL_MS]
+        )
 
     def requeue_call(self, task_id: str, queue: str) -> ScriptCall:
         """Return the script call that puts a FAILED task back in its queue (see requeue.lua)."""
         k = self.keys
-        keys = [k.task(task_id), k.ready(queue), k.ready_since(queue), k.failed(queue), k.seq, k.wake(queue)]
+        keys = [
+            k.task(task_id),
+            k.ready(queue),
+            k.ready_since(queue),
+            k.failed(queue),
+            k.seq,
+            k.wake(queue),
+            k.done(task_id),
+        ]
         return ScriptCall(name="requeue", keys=keys, args=[task_id, WAKE_CAP])
 
     def delete_call(self, task_id: str, queue: str) -> ScriptCall:
@@ -714,8 +832,9 @@ class Store:
             k.scheduled(queue),
             k.failed(queue),
             k.succeeded(queue),
+            k.done(task_id),
         ]
-        return ScriptCall(name="delete", keys=keys, args=[task_id])
+        return ScriptCall(name="delete", keys=keys, args=[task_id, self._done_channel, DONE_TTL_MS])
 
     def purge_index(self, index: str, status: str, cutoff_ms: int, batch: int) -> int:
         """Delete up to batch finished tasks of one index finished by cutoff_ms; return entries removed."""
@@ -726,8 +845,9 @@ class Store:
     def drop_ready(self, queue: str, batch: int) -> int:
         """Delete up to batch READY tasks of a queue (ready, then waiting); return entries removed."""
         k = self.keys
-        keys = [k.task_prefix, k.ready(queue), k.ready_since(queue), k.scheduled(queue)]
-        (removed,) = self.run([ScriptCall(name="drop", keys=keys, args=[batch])])
+        keys = [k.task_prefix, k.ready(queue), k.ready_since(queue), k.scheduled(queue), k.done_prefix]
+        args = [batch, self._done_channel, DONE_TTL_MS]
+        (removed,) = self.run([ScriptCall(name="drop", keys=keys, args=args)])
         return int(removed)
 
     def claim_project(self, project: str) -> str:

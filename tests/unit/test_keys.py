@@ -37,6 +37,8 @@ def every_key(keys: Keys, queue: str) -> list[str]:
         keys.reclaim_state,
         keys.project,
         keys.claim_memo("w:1"),
+        keys.done("t1"),
+        keys.done_channel,  # a channel, not a key: tagged all the same
     ]
     return [k(queue) for k in per_queue] + shared
 
@@ -77,6 +79,8 @@ def test_documented_names() -> None:
     assert keys.scheduled("emails") == "{p}:scheduled:emails"
     assert keys.running("emails") == "{p}:running:emails"
     assert keys.task("abc") == keys.task_prefix + "abc" == "{p}:task:abc"
+    assert keys.done("abc") == keys.done_prefix + "abc" == "{p}:done:abc"
+    assert keys.done_channel == "{p}:finished"
 
 
 def test_names_differ_per_queue_and_purpose() -> None:
@@ -91,6 +95,8 @@ def test_names_differ_per_queue_and_purpose() -> None:
         keys.reclaim_state,
         keys.project,
         keys.claim_memo("w:1"),
+        keys.done("t1"),
+        keys.done_channel,
     }
 
     assert len(set(names)) == len(names) - len(shared)

@@ -67,3 +67,13 @@ local function store_ready_task(task, ready, since, queues, seq_key, wake, id, q
     redis.call('LTRIM', wake, 0, cap - 1)
   end
 end
+
+-- Tell waiters a task reached a final state: its done list holds one token for a while
+-- (a waiter blocks on it with BLMOVE list list, which leaves the token for the next one)
+-- and its id goes to the done channel (the asyncio waiters' one subscription).
+local function notify_done(list, channel, ttl_ms, id)
+  redis.call('DEL', list)
+  redis.call('RPUSH', list, '1')
+  redis.call('PEXPIRE', list, ttl_ms)
+  redis.call('PUBLISH', channel, id)
+end

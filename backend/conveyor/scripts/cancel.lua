@@ -5,9 +5,12 @@
 -- script, so exactly one of them sees the task READY.
 -- KEYS[1] task hash   KEYS[2] ready zset   KEYS[3] ready-since zset   KEYS[4] scheduled zset
 -- KEYS[5] failed index   KEYS[6] counter of cancel requests (workers poll it)
+-- KEYS[7] the task's done list (waiters block on it)
 -- ARGV[1] task id   ARGV[2] failed result TTL in seconds   ARGV[3] who asked (for the message)
+-- ARGV[4] the done channel   ARGV[5] done list TTL in ms
 -- Returns 'cancelled', 'requested', 'finished' or 'missing'.
-local status = redis.call('HGET', KEYS[1], 'status')
+local record = redis.call('HMGET', KEYS[1], 'status', 'waited')
+local status = record[1]
 if not status then
   return 'missing'
 end
@@ -30,4 +33,7 @@ local errors = json_list_append(redis.call('HGET', KEYS[1], 'errors'), err)
 redis.call('HSET', KEYS[1], 'status', 'FAILED', 'errors', errors, 'finished_at', now_us, 'cancel', now_us)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[5], t[1] .. string.sub('00' .. math.floor(tonumber(t[2]) / 1000), -3), ARGV[1])
+if record[2] then
+  notify_done(KEYS[7], ARGV[4], ARGV[5], ARGV[1])
+end
 return 'cancelled'

@@ -3,13 +3,14 @@
 -- KEYS[1] task key prefix (the script appends a task id to it)
 -- KEYS[2] reclaim state hash: "tick" (server ms of the last reclaim call by any worker)
 --         and "hold" (server ms before which nothing is reclaimed)
--- For queue i = 0..n-1: KEYS[3+5i] running zset, KEYS[4+5i] ready zset,
---                       KEYS[5+5i] ready-since zset, KEYS[6+5i] wake list,
---                       KEYS[7+5i] failed index (zset scored by finish ms)
+-- KEYS[3] done list prefix (the script appends a task id to it; waiters block on it)
+-- For queue i = 0..n-1: KEYS[4+5i] running zset, KEYS[5+5i] ready zset,
+--                       KEYS[6+5i] ready-since zset, KEYS[7+5i] wake list,
+--                       KEYS[8+5i] failed index (zset scored by finish ms)
 -- ARGV[1] most tasks per queue   ARGV[2] most deliveries before FAILED
 -- ARGV[3] failed result TTL in seconds   ARGV[4] wake list cap
 -- ARGV[5] lease length in ms   ARGV[6] the longest gap between reclaim calls (ms) that
---         is not taken for an outage
+--         is not taken for an outage   ARGV[7] the done channel   ARGV[8] done list TTL in ms
 -- Returns {requeued, failed, held ms}. Each lost attempt appends a WorkerLost error and
 -- counts in "lost", which makes the next delivery run alone on its worker.
 -- After an outage (no reclaim call by any worker for longer than the gap: Redis was down
@@ -29,10 +30,10 @@ end
 if hold and now_ms < hold then
   return {0, 0, hold - now_ms}
 end
-local nq = (#KEYS - 2) / 5
+local nq = (#KEYS - 3) / 5
 local requeued, failed = 0, 0
 for i = 0, nq - 1 do
-  local running, ready, since, wake = KEYS[3 + 5 * i], KEYS[4 + 5 * i], KEYS[5 + 5 * i], KEYS[6 + 5 * i]
+  local running, ready, since, wake = KEYS[4 + 5 * i], KEYS[5 + 5 * i], KEYS[6 + 5 * i], KEYS[7 + 5 * i]
   local expired = redis.call('ZRANGEBYSCORE', running, '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[1]))
   for _, id in ipairs(expired) do
     redis.call('ZREM', running, id)
@@ -56,7 +57,10 @@ for i = 0, nq - 1 do
         redis.call('HSET', key, 'status', 'FAILED', 'errors', errors,
           'finished_at', string.format('%.0f', now_us))
         redis.call('EXPIRE', key, ARGV[3])
-        redis.call('ZADD', KEYS[7 + 5 * i], now_ms, id)
+        redis.call('ZADD', KEYS[8 + 5 * i], now_ms, id)
+        if redis.call('HEXISTS', key, 'waited') == 1 then
+          notify_done(KEYS[3] .. id, ARGV[7], ARGV[8], id)
+        end
         failed = failed + 1
       else
         redis.call('HSET', key, 'status', 'READY', 'errors', errors)

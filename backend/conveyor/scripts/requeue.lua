@@ -3,6 +3,7 @@
 -- deliveries. Only a FAILED task moves, so this never races a worker: no worker holds it.
 -- KEYS[1] task hash   KEYS[2] ready zset   KEYS[3] ready-since zset   KEYS[4] failed index
 -- KEYS[5] sequence counter   KEYS[6] wake list
+-- KEYS[7] the task's done list (its token from the failure goes: the task is not done now)
 -- ARGV[1] task id   ARGV[2] wake list cap
 -- Returns 'retried', 'not_failed' or 'missing'.
 local record = redis.call('HMGET', KEYS[1], 'status', 'priority')
@@ -17,6 +18,7 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local score = ready_score(record[2] or '0', redis.call('INCR', KEYS[5]))
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('PERSIST', KEYS[1])
+redis.call('DEL', KEYS[7])
 redis.call('HDEL', KEYS[1], 'finished_at', 'result', 'cancel', 'lost', 'unknown_since')
 redis.call('HSET', KEYS[1], 'status', 'READY', 'score', score, 'deliveries', '0')
 redis.call('ZADD', KEYS[2], score, ARGV[1])
