@@ -7,6 +7,11 @@ local function ready_score(priority, seq)
   return string.format('%.0f', (100 - tonumber(priority)) * 17592186044416 + tonumber(seq))
 end
 
+-- A TIME reply as whole milliseconds, in text (exact: no float formatting of a 13-digit number).
+local function time_ms_text(t)
+  return t[1] .. string.sub('00' .. math.floor(tonumber(t[2]) / 1000), -3)
+end
+
 -- A worker id as a JSON string: ids hold only [A-Za-z0-9._:-] (the worker's settings
 -- refuse anything else), so quoting them is their JSON encoding.
 local function json_worker_id(worker)

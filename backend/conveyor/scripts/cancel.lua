@@ -32,7 +32,7 @@ local err = cjson.encode({exception_class_path = 'conveyor.exceptions.TaskCancel
 local errors = json_list_append(redis.call('HGET', KEYS[1], 'errors'), err)
 redis.call('HSET', KEYS[1], 'status', 'FAILED', 'errors', errors, 'finished_at', now_us, 'cancel', now_us)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[5], t[1] .. string.sub('00' .. math.floor(tonumber(t[2]) / 1000), -3), ARGV[1])
+redis.call('ZADD', KEYS[5], time_ms_text(t), ARGV[1])
 if record[2] then
   notify_done(KEYS[7], ARGV[4], ARGV[5], ARGV[1])
 end

@@ -24,7 +24,7 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'done_by', ARGV[2], unpack(ARGV, 7))
 redis.call('HDEL', KEYS[1], 'owner', 'lost')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('ZADD', KEYS[3], t[1] .. string.sub('00' .. math.floor(tonumber(t[2]) / 1000), -3), ARGV[1])
+redis.call('ZADD', KEYS[3], time_ms_text(t), ARGV[1])
 if owner[3] then
   notify_done(KEYS[4], ARGV[5], ARGV[6], ARGV[1])
 end
