@@ -545,3 +545,38 @@ def test_wait_until_helper_fails_loudly() -> None:
     """The polling helper raises (does not hang) when its condition never holds."""
     with pytest.raises(AssertionError, match="timed out"):
         wait_until(lambda: False, 0.1, "never")
+
+
+def test_a_batch_does_not_end_while_a_retry_was_scheduled_behind_its_drained_check(
+    backend: object, make_worker: WorkerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A processor that claims, fails and reschedules between "drained" and "all idle" keeps the batch going.
+
+    The interleaving is forced: the first time the batch finds nothing due, a task is enqueued
+    and run to its first failure (a zero-backoff retry now due) before the answer comes back.
+    """
+    b = real_backend()
+    warm = tasks.noop_task.enqueue()  # so the queue is known before the check
+    worker = make_worker(batch=True, concurrency=1)
+    maintenance = worker.worker.maintenance
+    original = maintenance.drained
+    counter = tmp_path / "count"
+    late: list[TaskResult[Any, Any]] = []
+
+    def drained_then_a_retry_lands(queues: Any) -> bool:
+        answer = original(queues)
+        if answer and not late:
+            late.append(tasks.flaky.enqueue(str(counter), 1))
+            worker.worker.wakeups.announce()
+            wait_until(lambda: counter.exists() and status_of(b, late[0].id) == "READY", what="first failure")
+            wait_until(worker.worker._all_idle, what="the processor idle again")
+        return answer
+
+    monkeypatch.setattr(maintenance, "drained", drained_then_a_retry_lands)
+
+    assert worker.start().join() == 0
+
+    assert b.get_result(warm.id).status == TaskResultStatus.SUCCESSFUL
+    stored = b.get_result(late[0].id)
+    assert stored.status == TaskResultStatus.SUCCESSFUL
+    assert stored.attempts == 2

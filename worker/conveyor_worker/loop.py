@@ -266,9 +266,12 @@ class Worker:
                 self._finish_run("max tasks reached")
                 return
             if self.settings.batch:
-                # Stop only if nothing is ready or due and all are still idle (a task promoted
-                # above may be claimed, so not ready, and running: it may yet schedule a retry).
-                if self.maintenance.drained(queues) and self._all_idle():
+                # Stop only if nothing is ready or due and all are still idle, none having gone
+                # idle in between: a processor may claim, fail and reschedule a task while the
+                # check runs, and be idle again by its end.
+                self.wakeups.went_idle.clear()
+                drained = self.maintenance.drained(queues)
+                if drained and self._all_idle() and not self.wakeups.went_idle.is_set():
                     self._finish_run("batch drained")
                     return
                 self.wakeups.announce()
