@@ -7,7 +7,7 @@ import os
 import re
 import time
 from base64 import urlsafe_b64encode
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -15,9 +15,10 @@ from typing import Any
 from django.core import checks
 from django.db import transaction
 from django.tasks.backends.base import BaseTaskBackend
-from django.tasks.base import Task, TaskResult, TaskResultStatus
+from django.tasks.base import Task, TaskResult
 from django.tasks.exceptions import InvalidTask, InvalidTaskBackend, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
+from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
 from . import codec
@@ -27,6 +28,7 @@ from .options import parse_options
 from .retries import Backoff, backoff_problem, max_attempts_problem, parse_retry_defaults
 from .schedule import ScheduleEntry
 from .store import Holder, Store, UniqueLock
+from .transport import ScriptCall, Sent
 from .waiting import async_waiters, wait_for_record
 
 # Ids are 32 URL-safe characters from secrets; anything else cannot be one of ours.
@@ -41,6 +43,10 @@ _BAD_QUEUE_CHAR_RE = re.compile(r"[,\x00-\x1f\x7f]")
 DEFAULT_CHUNK = 500
 MAX_CHUNK = 2000
 CHUNKS_PER_TRIP = 8
+# One item of enqueue_many(), encoded: normalised args and kwargs, and their JSON.
+type Payload = tuple[list[Any], dict[str, Any], str, str]
+# One round trip of enqueue_many(): its script calls, and the results each call stores.
+type Trip = tuple[list[ScriptCall], list[list[TaskResult]]]
 
 
 def queue_name_problem(name: object) -> str | None:
@@ -154,35 +160,26 @@ class RedisBackend(BaseTaskBackend):
 
     # -- enqueue -----------------------------------------------------------------
 
-    def _encode(self, task: Task, args: Any, kwargs: Any, enqueued_at: Any) -> tuple[TaskResult, str, str]:
-        """Return a new task's READY result and its arguments' JSON; raise if they cannot be stored."""
+    def _payload(self, args: Any, kwargs: Any) -> tuple[list[Any], dict[str, Any], str, str]:
+        """Return normalised args and kwargs and their JSON; raise if they cannot be stored."""
         settings = self.settings
         plain = codec.encode_plain_payload(
             args, kwargs, settings.max_payload_bytes, max_nesting=settings.max_nesting
         )
         if plain is not None:  # exact JSON types: no normalize_json() pass needed
-            norm_args, norm_kwargs, args_json, kwargs_json = plain
-            result = codec.ready_result(task, new_task_id(), enqueued_at, norm_args, norm_kwargs, self.alias)
-            return result, args_json, kwargs_json
-        # TaskResult normalises args and kwargs recursively; measure their depth first.
+            return plain
+        # normalize_json() (what TaskResult runs) recurses; measure the depth first.
         codec.check_nesting(args, kwargs, settings.max_nesting)
-        result = TaskResult(
-            task=task,
-            id=new_task_id(),
-            status=TaskResultStatus.READY,
-            enqueued_at=enqueued_at,
-            started_at=None,
-            last_attempted_at=None,
-            finished_at=None,
-            args=args,
-            kwargs=kwargs,
-            backend=self.alias,
-            errors=[],
-            worker_ids=[],
-        )
+        norm_args, norm_kwargs = normalize_json(args), normalize_json(kwargs)
         args_json, kwargs_json = codec.encode_payload(
-            result.args, result.kwargs, settings.max_payload_bytes, max_nesting=settings.max_nesting
+            norm_args, norm_kwargs, settings.max_payload_bytes, max_nesting=settings.max_nesting
         )
+        return norm_args, norm_kwargs, args_json, kwargs_json
+
+    def _encode(self, task: Task, args: Any, kwargs: Any, enqueued_at: Any) -> tuple[TaskResult, str, str]:
+        """Return a new task's READY result and its arguments' JSON; raise if they cannot be stored."""
+        norm_args, norm_kwargs, args_json, kwargs_json = self._payload(args, kwargs)
+        result = codec.ready_result(task, new_task_id(), enqueued_at, norm_args, norm_kwargs, self.alias)
         return result, args_json, kwargs_json
 
     def _validate_once(self, task: Task) -> None:
@@ -284,10 +281,8 @@ class RedisBackend(BaseTaskBackend):
 
     # -- bulk enqueue --------------------------------------------------------------
 
-    def _prepare_many(
-        self, task: Task, items: Iterable[tuple[Any, Any]], chunk: int
-    ) -> tuple[list[TaskResult], list[tuple[str, str, str]], dict[str, str]]:
-        """Validate the task once and every item; nothing is written and no signal sent if this raises."""
+    def _prepare_many(self, task: Task, items: Iterable[tuple[Any, Any]], chunk: int) -> list[Payload]:
+        """Validate the task once and encode every item; nothing is written or signalled if this raises."""
         self._require_valid_options()
         self.validate_task(task)
         if isinstance(task, ConveyorTask) and task.unique_for is not None:
@@ -297,19 +292,20 @@ class RedisBackend(BaseTaskBackend):
             )
         if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= MAX_CHUNK:
             raise ValueError(f"chunk must be a whole number from 1 to {MAX_CHUNK}, not {chunk!r}.")
-        enqueued_micros = time.time_ns() // 1000
-        enqueued_at = codec.from_micros(enqueued_micros)
-        results: list[TaskResult] = []
-        records: list[tuple[str, str, str]] = []
-        encode = self._encode
+        payloads: list[Payload] = []
+        payload = self._payload
         for index, item in enumerate(items):
             try:
                 args, kwargs = item
             except (TypeError, ValueError) as exc:
                 raise TypeError(f"item {index} of enqueue_many() is not an (args, kwargs) pair") from exc
-            result, args_json, kwargs_json = encode(task, args, kwargs, enqueued_at)
-            results.append(result)
-            records.append((result.id, args_json, kwargs_json))
+            payloads.append(payload(args, kwargs))
+        return payloads
+
+    def _trips(self, task: Task, payloads: list[Payload], chunk: int) -> Iterator[Trip]:
+        """Yield each round trip's script calls with the results each call stores, made only when asked."""
+        enqueued_micros = time.time_ns() // 1000
+        enqueued_at = codec.from_micros(enqueued_micros)
         shared = codec.shared_fields(
             task_path=task.module_path,
             queue=task.queue_name,
@@ -318,24 +314,20 @@ class RedisBackend(BaseTaskBackend):
             run_after=task.run_after,
             enqueued_micros=enqueued_micros,
         )
-        return results, records, shared
-
-    def _trips(
-        self, task: Task, records: list[tuple[str, str, str]], shared: dict[str, str], chunk: int
-    ) -> Iterable[tuple[list[Any], list[tuple[int, int]]]]:
-        """Yield the script calls of each round trip, with the (start, stop) of each call's records."""
-        due_ms = self._due_ms(task)
+        queue, priority, due_ms, alias = task.queue_name, task.priority, self._due_ms(task), self.alias
+        ready_result, call = codec.ready_result, self.store.enqueue_many_call
         per_trip = chunk * CHUNKS_PER_TRIP
-        for trip in range(0, len(records), per_trip):
-            spans = [
-                (s, min(s + chunk, len(records)))
-                for s in range(trip, min(trip + per_trip, len(records)), chunk)
-            ]
-            calls = [
-                self.store.enqueue_many_call(task.queue_name, task.priority, due_ms, shared, records[a:b])
-                for a, b in spans
-            ]
-            yield calls, spans
+        for trip in range(0, len(payloads), per_trip):
+            calls, made = [], []
+            for start in range(trip, min(trip + per_trip, len(payloads)), chunk):
+                results, records = [], []
+                for norm_args, norm_kwargs, args_json, kwargs_json in payloads[start : start + chunk]:
+                    result = ready_result(task, new_task_id(), enqueued_at, norm_args, norm_kwargs, alias)
+                    results.append(result)
+                    records.append((result.id, args_json, kwargs_json))
+                calls.append(call(queue, priority, due_ms, shared, records))
+                made.append(results)
+            yield calls, made
 
     @staticmethod
     def _partial(done: list[TaskResult], exc: ConveyorError) -> PartiallyEnqueued:
@@ -343,24 +335,17 @@ class RedisBackend(BaseTaskBackend):
             f"enqueue_many() stored {len(done)} tasks and then failed: {exc}", list(done)
         )
 
-    def _write_many(
-        self,
-        task: Task,
-        results: list[TaskResult],
-        records: list[tuple[str, str, str]],
-        shared: dict[str, str],
-        chunk: int,
-    ) -> None:
-        """Send the chunks trip by trip; signal a trip's tasks while Redis stores the next trip."""
+    def _write_many(self, trips: Iterator[Trip]) -> list[TaskResult]:
+        """Send the trips in turn; make the next trip and signal this one's tasks while Redis stores."""
         transport = self.store.transport
-        trips = iter(self._trips(task, records, shared, chunk))
         done: list[TaskResult] = []
-        send = task_enqueued.send
+        send, sender = task_enqueued.send, type(self)
         with transport.hold():
             current = next(trips, None)
             sent = self._send_trip(current[0]) if current else None
             while current is not None:
-                calls, spans = current
+                calls, made = current
+                following = next(trips, None)
                 try:
                     if sent is None:
                         raise RedisUnavailable("not sent")
@@ -371,18 +356,18 @@ class RedisBackend(BaseTaskBackend):
                     except ConveyorError as exc:
                         raise self._partial(done, exc) from exc
                 failed = next((r for r in replies if isinstance(r, ConveyorError)), None)
-                following = next(trips, None) if failed is None else None
-                sent = self._send_trip(following[0]) if following else None
-                for (a, b), reply in zip(spans, replies, strict=True):
+                sent = self._send_trip(following[0]) if following and failed is None else None
+                for results, reply in zip(made, replies, strict=True):
                     if not isinstance(reply, ConveyorError):
-                        for result in results[a:b]:
-                            send(type(self), task_result=result)
-                        done += results[a:b]
+                        for result in results:
+                            send(sender, task_result=result)
+                        done += results
                 if failed is not None:
                     raise self._partial(done, failed) from failed
                 current = following
+        return done
 
-    def _send_trip(self, calls: list[Any]) -> Any:
+    def _send_trip(self, calls: list[ScriptCall]) -> Sent | None:
         """Write a trip's calls without waiting; None when that failed (the trip is then run again)."""
         try:
             return self.store.transport.send_ahead(calls)
@@ -394,12 +379,15 @@ class RedisBackend(BaseTaskBackend):
     ) -> list[TaskResult]:
         """Enqueue one task with many (args, kwargs) pairs: chunk tasks per atomic script call,
         CHUNKS_PER_TRIP calls per round trip, task_enqueued for each task; return their results."""
-        results, records, shared = self._prepare_many(task, items, chunk)
+        payloads = self._prepare_many(task, items, chunk)
+        if not payloads:
+            return []
+        trips = self._trips(task, payloads, chunk)
         if self.settings.enqueue_on_commit:
-            transaction.on_commit(partial(self._write_many, task, results, records, shared, chunk))
-        elif results:
-            self._write_many(task, results, records, shared, chunk)
-        return results
+            made = list(trips)
+            transaction.on_commit(partial(self._write_many, iter(made)))
+            return [result for _, per_call in made for results in per_call for result in results]
+        return self._write_many(trips)
 
     async def aenqueue_many(
         self, task: Task, items: Iterable[tuple[Any, Any]], *, chunk: int = DEFAULT_CHUNK
@@ -411,24 +399,24 @@ class RedisBackend(BaseTaskBackend):
             return await sync_to_async(self.enqueue_many, thread_sensitive=True)(
                 task, list(items), chunk=chunk
             )
-        results, records, shared = self._prepare_many(task, items, chunk)
+        payloads = self._prepare_many(task, items, chunk)
         done: list[TaskResult] = []
-        for calls, spans in self._trips(task, records, shared, chunk):
+        for calls, made in self._trips(task, payloads, chunk):
             try:
                 replies = await self.store.arun(calls, check=False)
             except ConveyorError as exc:
                 raise self._partial(done, exc) from exc
             failed: ConveyorError | None = None
-            for (a, b), reply in zip(spans, replies, strict=True):
+            for results, reply in zip(made, replies, strict=True):
                 if isinstance(reply, ConveyorError):
                     failed = failed or reply
                     continue
-                for result in results[a:b]:
+                for result in results:
                     await task_enqueued.asend(type(self), task_result=result)
-                done += results[a:b]
+                done += results
             if failed is not None:
                 raise self._partial(done, failed) from failed
-        return results
+        return done
 
     # -- results -----------------------------------------------------------------
 
