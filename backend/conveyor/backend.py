@@ -86,6 +86,16 @@ def new_task_id() -> str:
     return task_id
 
 
+def new_task_ids(count: int) -> list[str]:
+    """Return count fresh task ids like new_task_id(), from one read of the system's randomness."""
+    # 24 bytes are 32 characters with no padding, so every id is its own 32-character slice.
+    text = urlsafe_b64encode(os.urandom(24 * count)).decode()
+    return [
+        task_id if task_id[0] != "-" else new_task_id()
+        for task_id in [text[i : i + 32] for i in range(0, 32 * count, 32)]
+    ]
+
+
 class RedisBackend(BaseTaskBackend):
     """Enqueue django.tasks onto Redis and read their results back from any process."""
 
@@ -321,10 +331,12 @@ class RedisBackend(BaseTaskBackend):
             calls, made = [], []
             for start in range(trip, min(trip + per_trip, len(payloads)), chunk):
                 results, records = [], []
-                for norm_args, norm_kwargs, args_json, kwargs_json in payloads[start : start + chunk]:
-                    result = ready_result(task, new_task_id(), enqueued_at, norm_args, norm_kwargs, alias)
-                    results.append(result)
-                    records.append((result.id, args_json, kwargs_json))
+                part = payloads[start : start + chunk]
+                for task_id, (norm_args, norm_kwargs, args_json, kwargs_json) in zip(
+                    new_task_ids(len(part)), part, strict=True
+                ):
+                    results.append(ready_result(task, task_id, enqueued_at, norm_args, norm_kwargs, alias))
+                    records.append((task_id, args_json, kwargs_json))
                 calls.append(call(queue, priority, due_ms, shared, records))
                 made.append(results)
             yield calls, made

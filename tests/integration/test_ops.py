@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -609,3 +610,30 @@ def test_new_task_ids_never_start_with_a_dash() -> None:
     from conveyor.backend import new_task_id
 
     assert not any(new_task_id().startswith("-") for _ in range(5000))
+
+
+def test_new_task_ids_are_distinct_url_safe_and_never_start_with_a_dash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """enqueue_many's batched ids look like new_task_id()'s; one that would start with "-" is redrawn."""
+    import os
+
+    from conveyor import backend as backend_module
+
+    real = os.urandom
+    calls: list[int] = []
+
+    def first_id_starts_with_a_dash(size: int) -> bytes:
+        calls.append(size)
+        return b"\xf8" + bytes(size - 1) if len(calls) == 1 else real(size)
+
+    monkeypatch.setattr(backend_module.os, "urandom", first_id_starts_with_a_dash)
+    ids = backend_module.new_task_ids(3)
+
+    assert calls[0] == 72
+    assert len(ids) == 3
+    assert ids[0] != "-" * 32 and not ids[0].startswith("-")
+    assert ids[1:] == ["A" * 32, "A" * 32]  # the zero bytes, sliced on 24-byte boundaries
+    many = backend_module.new_task_ids(5000)
+    assert len(set(many)) == 5000
+    assert all(len(i) == 32 and re.fullmatch(r"[A-Za-z0-9_-]+", i) and i[0] != "-" for i in many)
