@@ -68,6 +68,59 @@ def start(args: list[str], env: dict[str, str], prefix: str) -> subprocess.Popen
     return proc
 
 
+def show_features(env: dict[str, str]) -> bool:
+    """Use the Python API in this process, against the same Redis and worker; True when all held."""
+    os.environ.update(env)
+    sys.path.insert(0, str(ROOT / "example"))
+    import django
+
+    django.setup()
+    from datetime import timedelta
+
+    import conveyor
+    from conveyor.ops import Operator
+    from django.tasks import default_task_backend
+    from django.utils import timezone
+    from exampleapp import tasks
+
+    print("\ndemo: the Python API, in this process")
+    began = time.monotonic()
+    answer = conveyor.wait_result(tasks.add.enqueue(20, 22), timeout=10)
+    waited = (time.monotonic() - began) * 1000
+    print(f"  wait_result(add.enqueue(20, 22))  -> {answer.return_value}, {waited:.0f} ms after enqueue")
+
+    began = time.monotonic()
+    many = conveyor.enqueue_many(tasks.add, [((i, i), {}) for i in range(1000)])
+    stored = (time.monotonic() - began) * 1000
+    total = sum(conveyor.wait_result(r, timeout=30).return_value for r in many)
+    print(f"  enqueue_many(add, 1,000 pairs)    -> stored in {stored:.0f} ms; all ran, sum {total:,}")
+
+    later = tasks.rebuild_search_index.using(run_after=timezone.now() + timedelta(seconds=1))
+    first, again = later.enqueue("docs"), later.enqueue("docs")
+    conveyor.wait_result(first, timeout=15)
+    after = tasks.rebuild_search_index.enqueue("docs")
+    print(
+        f"  unique rebuild_search_index('docs') enqueued twice while waiting -> "
+        f"{'one task' if again.id == first.id else 'TWO TASKS'}; again once it ran -> "
+        f"{'a new task' if after.id != first.id else 'the old one'}"
+    )
+    conveyor.wait_result(after, timeout=15)
+
+    (schedule,) = Operator(default_task_backend).schedules()
+    tick = conveyor.wait_result(default_task_backend.get_result(schedule.last_task_id), timeout=10)
+    print(
+        f"  periodic {schedule.name!r} ({schedule.timing})  -> last tick {tick.return_value!r}, "
+        f"next run in {(schedule.next_run - timezone.now()).total_seconds():.1f} s"
+    )
+    return (
+        answer.return_value == 42
+        and total == sum(2 * i for i in range(1000))
+        and again.id == first.id
+        and after.id != first.id
+        and tick.status == "SUCCESSFUL"
+    )
+
+
 def main() -> int:
     """Run the demo; return 0 when every task reached the expected state."""
     server = None
@@ -91,6 +144,7 @@ def main() -> int:
         PYTHONPATH=str(ROOT / "example"),
         DJANGO_DB_PATH=str(Path(os.environ.get("TMPDIR", "/tmp")) / f"conveyor-demo-{os.getpid()}.sqlite3"),
         PYTHONUNBUFFERED="1",
+        CONVEYOR_DEMO_SCHEDULE="1",  # example settings then declare one periodic task, every 2 s
     )
     web = start(
         [
@@ -148,12 +202,16 @@ def main() -> int:
         with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/metrics", timeout=5) as response:
             lines = [ln for ln in response.read().decode().splitlines() if ln.startswith("conveyor_tasks_")]
         print("\nworker /metrics:\n  " + "\n  ".join(lines) + "\n")
-        status = [sys.executable, str(ROOT / "example" / "manage.py"), "conveyor", "status"]
-        print("$ manage.py conveyor status", flush=True)
-        shown = subprocess.run(status, env=env, check=False).returncode == 0
+        features = show_features(env)
+        manage = [sys.executable, str(ROOT / "example" / "manage.py"), "conveyor"]
+        shown = True
+        for command in ("schedules", "status"):
+            print(f"\n$ manage.py conveyor {command}", flush=True)
+            shown = subprocess.run([*manage, command], env=env, check=False).returncode == 0 and shown
         expected_failures = {"fails: division by zero"}
         ok = (
             shown
+            and features
             and len(results) == len(ids)
             and all((r["status"] == "FAILED") == (label in expected_failures) for label, r in results.items())
         )

@@ -65,6 +65,11 @@ TASKS = {
     }
 }
 
+if os.environ.get("CONVEYOR_DEMO_SCHEDULE"):  # set by example/demo.py only
+    TASKS["default"]["OPTIONS"]["SCHEDULE"] = [
+        {"name": "demo-every-2s", "task": "exampleapp.tasks.tick", "every": 2, "args": ["every 2 s"]},
+    ]
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -47,3 +47,16 @@ def sleep(seconds: float) -> float:
     """Sleep for a while: useful to watch draining and scaling."""
     time.sleep(seconds)
     return seconds
+
+
+@task(unique_for=60)
+def rebuild_search_index(section: str) -> str:
+    """Rebuild one section's index: unique, so an enqueue while one still waits returns that one."""
+    time.sleep(0.2)
+    return f"rebuilt the {section} index"
+
+
+@task()
+def tick(label: str) -> str:
+    """What the demo's periodic schedule enqueues."""
+    return f"tick: {label}"
