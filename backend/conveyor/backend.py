@@ -27,6 +27,7 @@ from .options import parse_options
 from .retries import Backoff, backoff_problem, max_attempts_problem, parse_retry_defaults
 from .schedule import ScheduleEntry
 from .store import Holder, Store, UniqueLock
+from .tracing import Tracing, tracing_for
 from .waiting import async_waiters, wait_for_record
 
 # Ids are 32 URL-safe characters from secrets; anything else cannot be one of ours.
@@ -96,6 +97,9 @@ class RedisBackend(BaseTaskBackend):
         self.problems.extend(retry_problems)
         self.keys = Keys(self.settings.key_prefix)
         self.store = Store(self.settings, self.keys)  # connects on first use, not here
+        # OpenTelemetry spans (docs/tracing.md): None unless the [otel] extra is installed and a
+        # tracer provider is configured by now; each enqueue then tests only this attribute.
+        self.tracing: Tracing | None = tracing_for() if self.settings.tracing else None
         # Tasks without run_after that passed validate_task(): a Task is frozen and what
         # validation reads of this backend never changes, so once valid it stays valid.
         self._valid_tasks: dict[Task, bool] = {}
@@ -240,6 +244,25 @@ class RedisBackend(BaseTaskBackend):
         return None if task.run_after is None else codec.to_micros(task.run_after) // 1000
 
     def _write(self, result: TaskResult, fields: dict[str, str], unique: UniqueLock | None) -> TaskResult:
+        if self.tracing is not None:
+            with self._send_span(result, fields):
+                return self._store_one(result, fields, unique)
+        return self._store_one(result, fields, unique)
+
+    def _send_span(self, result: TaskResult, fields: dict[str, str], count: int = 1) -> Any:
+        """Open the send span of one task (count 1) or of a bulk enqueue, its context written into fields."""
+        assert self.tracing is not None
+        task = result.task
+        return self.tracing.send(
+            queue=task.queue_name,
+            task_path=task.module_path,
+            priority=task.priority,
+            fields=fields,
+            task_id=result.id if count == 1 else None,
+            count=count,
+        )
+
+    def _store_one(self, result: TaskResult, fields: dict[str, str], unique: UniqueLock | None) -> TaskResult:
         task = result.task
         due_ms = None if task.run_after is None else codec.to_micros(task.run_after) // 1000
         reply = self.store.enqueue(result.id, task.queue_name, task.priority, due_ms, fields, unique=unique)
@@ -264,6 +287,15 @@ class RedisBackend(BaseTaskBackend):
         if self.settings.enqueue_on_commit:
             return await super().aenqueue(task, args, kwargs)
         result, fields, unique = self._prepare(task, args, kwargs)
+        if self.tracing is not None:
+            with self._send_span(result, fields):
+                return await self._astore_one(result, fields, unique)
+        return await self._astore_one(result, fields, unique)
+
+    async def _astore_one(
+        self, result: TaskResult, fields: dict[str, str], unique: UniqueLock | None
+    ) -> TaskResult:
+        task = result.task
         reply = await self.store.aenqueue(
             result.id, task.queue_name, task.priority, self._due_ms(task), fields, unique=unique
         )
@@ -351,6 +383,20 @@ class RedisBackend(BaseTaskBackend):
         shared: dict[str, str],
         chunk: int,
     ) -> None:
+        """Store the tasks of enqueue_many(), in one send span when tracing is on."""
+        if self.tracing is not None and results:
+            with self._send_span(results[0], shared, len(results)):
+                return self._store_many(task, results, records, shared, chunk)
+        return self._store_many(task, results, records, shared, chunk)
+
+    def _store_many(
+        self,
+        task: Task,
+        results: list[TaskResult],
+        records: list[tuple[str, str, str]],
+        shared: dict[str, str],
+        chunk: int,
+    ) -> None:
         """Send the chunks trip by trip; signal a trip's tasks while Redis stores the next trip."""
         transport = self.store.transport
         trips = iter(self._trips(task, records, shared, chunk))
@@ -412,6 +458,20 @@ class RedisBackend(BaseTaskBackend):
                 task, list(items), chunk=chunk
             )
         results, records, shared = self._prepare_many(task, items, chunk)
+        if self.tracing is not None and results:
+            with self._send_span(results[0], shared, len(results)):
+                return await self._astore_many(task, results, records, shared, chunk)
+        return await self._astore_many(task, results, records, shared, chunk)
+
+    async def _astore_many(
+        self,
+        task: Task,
+        results: list[TaskResult],
+        records: list[tuple[str, str, str]],
+        shared: dict[str, str],
+        chunk: int,
+    ) -> list[TaskResult]:
+        """Send the chunks of aenqueue_many() trip by trip, signalling each trip's tasks."""
         done: list[TaskResult] = []
         for calls, spans in self._trips(task, records, shared, chunk):
             try:
