@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 from conveyor import RedisBackend, aenqueue_many, enqueue_many
+from conveyor.exceptions import RedisUnavailable
 from conveyor.tracing import tracing_for
 from django.tasks import task_backends
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from tests import tasks
 from tests.conftest import ROOT, TracedSpans
@@ -179,3 +180,16 @@ def test_a_backend_traces_when_a_global_provider_is_set_first_unless_tracing_is_
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == traces
+
+
+def test_a_send_that_redis_refuses_is_an_error_span(
+    make_backend: BackendFactory, closed_port: int, traced: TracedSpans
+) -> None:
+    b = make_backend(URL=f"redis://127.0.0.1:{closed_port}/0", CONNECT_TIMEOUT=0.5, SOCKET_TIMEOUT=0.5)
+    b.tracing = tracing_for(traced.provider)
+    with pytest.raises(RedisUnavailable):
+        b.enqueue(tasks.noop_task, (), {})
+
+    (send,) = traced.finished("send")
+    assert send.status.status_code is StatusCode.ERROR
+    assert [e.attributes["exception.type"] for e in send.events] == ["conveyor.exceptions.RedisUnavailable"]
