@@ -15,7 +15,9 @@ and, for reference:
   bulk    conveyor.enqueue_many(task, [(args, kwargs)] * --bulk-tasks): the same tasks, validated
           and signalled each, 500 per atomic script call, 8 calls per round trip
 Reports median ops/s (wall clock) and client CPU per call, which stays meaningful on a busy
-machine. Prints a table and writes bench/results/enqueue.json.
+machine. --tracing sdk sets an OpenTelemetry SDK tracer provider first (spans batched and
+dropped, bench/otel_sdk.py), so each enqueue makes its send span (docs/tracing.md).
+Prints a table and writes bench/results/enqueue.json.
 """
 
 from __future__ import annotations
@@ -167,6 +169,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1000, help="untimed calls per variant first")
     parser.add_argument("--bulk-tasks", type=int, default=50_000, help="tasks per enqueue_many round")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "enqueue.json")
+    parser.add_argument("--tracing", choices=("off", "sdk"), default="off", help="sdk: a tracer provider")
     opts = parser.parse_args()
 
     binary = find_server_binary()
@@ -177,6 +180,10 @@ def main() -> int:
     server.start()
     try:
         configure_django(server.url, "bench")
+        if opts.tracing == "sdk":
+            from bench.otel_sdk import install
+
+            install()  # before the backend is built: it looks for a provider once
         runners, flush = build_runners(server.url)
         for run in runners.values():
             run(opts.warmup)
@@ -206,6 +213,7 @@ def main() -> int:
         "packages": {name: _version(name) for name in ("Django", "redis", "hiredis")},
         "calls_per_round": opts.calls,
         "rounds": opts.rounds,
+        "tracing": opts.tracing,
         "warmup": opts.warmup,
         "ops_per_s": {
             name: {"median": round(medians[name]), "rounds": [round(v) for v in values]}

@@ -1,6 +1,7 @@
 """Worker benchmark: drain rate, enqueue-to-start latency at a fixed rate, and idle memory.
 
 Run: .venv/bin/python bench/bench_worker.py [--tasks 10000] [--rate 200] [--seconds 10]
+     [--drain-only] [--tracing sdk] [--out PATH]
 Starts its own redis-server on a free loopback port and one worker process with its
 default concurrency; prints a table and writes bench/results/worker.json.
 """
@@ -36,6 +37,9 @@ def setup_django(url: str, prefix: str) -> None:
     django.setup()
 
 
+TRACING = {"on": False}  # --tracing sdk: the worker (and this process) trace (bench/otel_sdk.py)
+
+
 def start_worker(url: str, prefix: str, *extra: str) -> subprocess.Popen[bytes]:
     """Start one worker process with default concurrency; its logs go to a file."""
     env = dict(
@@ -49,9 +53,8 @@ def start_worker(url: str, prefix: str, *extra: str) -> subprocess.Popen[bytes]:
         CONVEYOR_HEALTH_HOST="127.0.0.1",
     )
     log = (ROOT / "bench" / "results" / "worker-bench.log.tmp").open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "conveyor_worker", *extra], env=env, stdout=log, stderr=log
-    )
+    entry = [str(ROOT / "bench" / "otel_sdk.py")] if TRACING["on"] else ["-m", "conveyor_worker"]
+    return subprocess.Popen([sys.executable, *entry, *extra], env=env, stdout=log, stderr=log)
 
 
 def rss_mb(pid: int) -> float:
@@ -146,6 +149,9 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--tracing", choices=("off", "sdk"), default="off", help="sdk: a tracer provider")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "worker.json")
+    parser.add_argument("--drain-only", action="store_true", help="skip the latency run")
     args = parser.parse_args()
     binary = find_server_binary()
     assert binary, "needs redis-server or valkey-server"
@@ -153,8 +159,13 @@ def main() -> int:
     server.start()
     try:
         setup_django(server.url, "bench")
+        if args.tracing == "sdk":
+            from bench.otel_sdk import install
+
+            install()
+            TRACING["on"] = True
         d = drain(server.url, args.tasks)
-        lat = latency(server.url, args.rate, args.seconds)
+        lat = None if args.drain_only else latency(server.url, args.rate, args.seconds)
     finally:
         server.stop()
     report = {
@@ -163,6 +174,7 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "drain": d,
         "latency": lat,
+        "tracing": args.tracing,
     }
     print(f"server: {report['server']}")
     print(
@@ -170,15 +182,16 @@ def main() -> int:
         f"= {d['tasks_per_second']:.0f} tasks/s (target >= 3000); worker CPU "
         f"{d['worker_cpu_us_per_task']:.0f} us/task; load average before {d['load_average_before']:.2f}"
     )
-    print(
-        f"latency: {lat['started']}/{lat['tasks']} at {lat['rate']:.0f}/s: p50 {lat['p50_ms']:.2f} ms "
-        f"(target < 5), p90 {lat['p90_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms (target < 50), "
-        f"max {lat['max_ms']:.2f} ms"
-    )
-    print(f"idle worker RSS: {lat['idle_rss_mb']:.1f} MB (target < 80)")
-    out = ROOT / "bench" / "results" / "worker.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    if lat is not None:
+        print(
+            f"latency: {lat['started']}/{lat['tasks']} at {lat['rate']:.0f}/s: p50 {lat['p50_ms']:.2f} ms "
+            f"(target < 5), p90 {lat['p90_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms (target < 50), "
+            f"max {lat['max_ms']:.2f} ms"
+        )
+        print(f"idle worker RSS: {lat['idle_rss_mb']:.1f} MB (target < 80)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -6,7 +6,9 @@ import os
 import secrets
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -116,3 +118,29 @@ def own_redis() -> Iterator[RedisProcess]:
     server.start()
     yield server
     server.stop()
+
+
+@dataclass(frozen=True)
+class TracedSpans:
+    """A tracer provider of the test's own (never the global one) and the spans it finished."""
+
+    provider: Any
+    exporter: Any
+
+    def finished(self, prefix: str = "") -> list[Any]:
+        """Return the finished spans whose names start with prefix, oldest first."""
+        return [s for s in self.exporter.get_finished_spans() if s.name.startswith(prefix)]
+
+
+@pytest.fixture
+def traced() -> Iterator[TracedSpans]:
+    """Return an OpenTelemetry SDK provider exporting to memory, for tracing_for() (never set globally)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield TracedSpans(provider=provider, exporter=exporter)
+    provider.shutdown()

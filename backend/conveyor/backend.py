@@ -9,7 +9,9 @@ import time
 from base64 import urlsafe_b64encode
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from datetime import datetime
 from functools import partial
+from itertools import islice
 from typing import Any
 
 from django.core import checks
@@ -28,6 +30,7 @@ from .options import parse_options
 from .retries import Backoff, backoff_problem, max_attempts_problem, parse_retry_defaults
 from .schedule import ScheduleEntry
 from .store import Holder, Store, UniqueLock
+from .tracing import Tracing, tracing_for
 from .transport import ScriptCall, Sent
 from .waiting import async_waiters, wait_for_record
 
@@ -47,6 +50,8 @@ CHUNKS_PER_TRIP = 8
 type Payload = tuple[list[Any], dict[str, Any], str, str]
 # One round trip of enqueue_many(): its script calls, and the results each call stores.
 type Trip = tuple[list[ScriptCall], list[list[TaskResult]]]
+# One chunk of enqueue_many(): its results, and the (task id, args JSON, kwargs JSON) it stores.
+type Chunk = tuple[list[TaskResult], list[tuple[str, str, str]]]
 
 
 def queue_name_problem(name: object) -> str | None:
@@ -112,6 +117,9 @@ class RedisBackend(BaseTaskBackend):
         self.problems.extend(retry_problems)
         self.keys = Keys(self.settings.key_prefix)
         self.store = Store(self.settings, self.keys)  # connects on first use, not here
+        # OpenTelemetry spans (docs/tracing.md): None unless the [otel] extra is installed and a
+        # tracer provider is configured by now; each enqueue then tests only this attribute.
+        self.tracing: Tracing | None = tracing_for() if self.settings.tracing else None
         # Tasks without run_after that passed validate_task(): a Task is frozen and what
         # validation reads of this backend never changes, so once valid it stays valid.
         self._valid_tasks: dict[Task, bool] = {}
@@ -247,6 +255,24 @@ class RedisBackend(BaseTaskBackend):
         return None if task.run_after is None else codec.to_micros(task.run_after) // 1000
 
     def _write(self, result: TaskResult, fields: dict[str, str], unique: UniqueLock | None) -> TaskResult:
+        if self.tracing is not None:
+            with self._send_span(result.task, fields, result.id):
+                return self._store_one(result, fields, unique)
+        return self._store_one(result, fields, unique)
+
+    def _send_span(self, task: Task, fields: dict[str, str], task_id: str | None, count: int = 1) -> Any:
+        """Open the send span of one task (its id) or a bulk enqueue (its count); fields get its context."""
+        assert self.tracing is not None
+        return self.tracing.send(
+            queue=task.queue_name,
+            task_path=task.module_path,
+            priority=task.priority,
+            fields=fields,
+            task_id=task_id,
+            count=count,
+        )
+
+    def _store_one(self, result: TaskResult, fields: dict[str, str], unique: UniqueLock | None) -> TaskResult:
         task = result.task
         due_ms = None if task.run_after is None else codec.to_micros(task.run_after) // 1000
         reply = self.store.enqueue(result.id, task.queue_name, task.priority, due_ms, fields, unique=unique)
@@ -271,6 +297,15 @@ class RedisBackend(BaseTaskBackend):
         if self.settings.enqueue_on_commit:
             return await super().aenqueue(task, args, kwargs)
         result, fields, unique = self._prepare(task, args, kwargs)
+        if self.tracing is not None:
+            with self._send_span(result.task, fields, result.id):
+                return await self._astore_one(result, fields, unique)
+        return await self._astore_one(result, fields, unique)
+
+    async def _astore_one(
+        self, result: TaskResult, fields: dict[str, str], unique: UniqueLock | None
+    ) -> TaskResult:
+        task = result.task
         reply = await self.store.aenqueue(
             result.id, task.queue_name, task.priority, self._due_ms(task), fields, unique=unique
         )
@@ -312,10 +347,9 @@ class RedisBackend(BaseTaskBackend):
             payloads.append(payload(args, kwargs))
         return payloads
 
-    def _trips(self, task: Task, payloads: list[Payload], chunk: int) -> Iterator[Trip]:
-        """Yield each round trip's script calls with the results each call stores, made only when asked."""
+    def _shared(self, task: Task) -> tuple[dict[str, str], datetime]:
+        """Return the fields every task of one enqueue_many() shares, and their enqueue time."""
         enqueued_micros = time.time_ns() // 1000
-        enqueued_at = codec.from_micros(enqueued_micros)
         shared = codec.shared_fields(
             task_path=task.module_path,
             queue=task.queue_name,
@@ -324,22 +358,36 @@ class RedisBackend(BaseTaskBackend):
             run_after=task.run_after,
             enqueued_micros=enqueued_micros,
         )
-        queue, priority, due_ms, alias = task.queue_name, task.priority, self._due_ms(task), self.alias
-        ready_result, call = codec.ready_result, self.store.enqueue_many_call
-        per_trip = chunk * CHUNKS_PER_TRIP
-        for trip in range(0, len(payloads), per_trip):
-            calls, made = [], []
-            for start in range(trip, min(trip + per_trip, len(payloads)), chunk):
-                results, records = [], []
-                part = payloads[start : start + chunk]
-                for task_id, (norm_args, norm_kwargs, args_json, kwargs_json) in zip(
-                    new_task_ids(len(part)), part, strict=True
-                ):
-                    results.append(ready_result(task, task_id, enqueued_at, norm_args, norm_kwargs, alias))
-                    records.append((task_id, args_json, kwargs_json))
-                calls.append(call(queue, priority, due_ms, shared, records))
-                made.append(results)
-            yield calls, made
+        return shared, codec.from_micros(enqueued_micros)
+
+    def _chunks(
+        self, task: Task, payloads: list[Payload], chunk: int, enqueued_at: datetime
+    ) -> Iterator[Chunk]:
+        """Yield each chunk's results and (id, args JSON, kwargs JSON) records, made only when asked."""
+        ready_result, alias = codec.ready_result, self.alias
+        for start in range(0, len(payloads), chunk):
+            part = payloads[start : start + chunk]
+            results, records = [], []
+            for task_id, (norm_args, norm_kwargs, args_json, kwargs_json) in zip(
+                new_task_ids(len(part)), part, strict=True
+            ):
+                results.append(ready_result(task, task_id, enqueued_at, norm_args, norm_kwargs, alias))
+                records.append((task_id, args_json, kwargs_json))
+            yield results, records
+
+    def _trips(self, task: Task, chunks: Iterator[Chunk], shared: dict[str, str]) -> Iterator[Trip]:
+        """Yield CHUNKS_PER_TRIP chunks at a time as one round trip's script calls, with their results."""
+        queue, priority, due_ms, call = (
+            task.queue_name,
+            task.priority,
+            self._due_ms(task),
+            self.store.enqueue_many_call,
+        )
+        while trip := list(islice(chunks, CHUNKS_PER_TRIP)):
+            yield (
+                [call(queue, priority, due_ms, shared, records) for _, records in trip],
+                [results for results, _ in trip],
+            )
 
     @staticmethod
     def _partial(done: list[TaskResult], exc: ConveyorError) -> PartiallyEnqueued:
@@ -347,7 +395,16 @@ class RedisBackend(BaseTaskBackend):
             f"enqueue_many() stored {len(done)} tasks and then failed: {exc}", list(done)
         )
 
-    def _write_many(self, trips: Iterator[Trip]) -> list[TaskResult]:
+    def _write_many(
+        self, task: Task, shared: dict[str, str], chunks: Iterator[Chunk], count: int
+    ) -> list[TaskResult]:
+        """Store the tasks of enqueue_many(), in one send span when tracing is on."""
+        if self.tracing is not None:
+            with self._send_span(task, shared, None, count):  # its context goes into shared first
+                return self._store_many(self._trips(task, chunks, shared))
+        return self._store_many(self._trips(task, chunks, shared))
+
+    def _store_many(self, trips: Iterator[Trip]) -> list[TaskResult]:
         """Send the trips in turn; make the next trip and signal this one's tasks while Redis stores."""
         transport = self.store.transport
         done: list[TaskResult] = []
@@ -394,12 +451,13 @@ class RedisBackend(BaseTaskBackend):
         payloads = self._prepare_many(task, items, chunk)
         if not payloads:
             return []
-        trips = self._trips(task, payloads, chunk)
+        shared, enqueued_at = self._shared(task)
+        chunks = self._chunks(task, payloads, chunk, enqueued_at)
         if self.settings.enqueue_on_commit:
-            made = list(trips)
-            transaction.on_commit(partial(self._write_many, iter(made)))
-            return [result for _, per_call in made for results in per_call for result in results]
-        return self._write_many(trips)
+            made = list(chunks)
+            transaction.on_commit(partial(self._write_many, task, shared, iter(made), len(payloads)))
+            return [result for results, _ in made for result in results]
+        return self._write_many(task, shared, chunks, len(payloads))
 
     async def aenqueue_many(
         self, task: Task, items: Iterable[tuple[Any, Any]], *, chunk: int = DEFAULT_CHUNK
@@ -412,8 +470,19 @@ class RedisBackend(BaseTaskBackend):
                 task, list(items), chunk=chunk
             )
         payloads = self._prepare_many(task, items, chunk)
+        if not payloads:
+            return []
+        shared, enqueued_at = self._shared(task)
+        chunks = self._chunks(task, payloads, chunk, enqueued_at)
+        if self.tracing is not None:
+            with self._send_span(task, shared, None, len(payloads)):
+                return await self._astore_many(self._trips(task, chunks, shared))
+        return await self._astore_many(self._trips(task, chunks, shared))
+
+    async def _astore_many(self, trips: Iterator[Trip]) -> list[TaskResult]:
+        """Send the trips of aenqueue_many() in turn, signalling each trip's tasks."""
         done: list[TaskResult] = []
-        for calls, made in self._trips(task, payloads, chunk):
+        for calls, made in trips:
             try:
                 replies = await self.store.arun(calls, check=False)
             except ConveyorError as exc:

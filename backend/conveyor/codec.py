@@ -363,6 +363,12 @@ SCHEMA: tuple[Field, ...] = (
     Field(name="enqueued_at", form="µs", written_by=("enqueue",), meaning="when it was enqueued"),
     Field(name="run_after", form="µs", written_by=("enqueue",), meaning="not before then (absent: now)"),
     Field(
+        name="trace",
+        form="JSON object, W3C traceparent (and tracestate)",
+        written_by=("enqueue",),
+        meaning="the send span's context when tracing is on (docs/tracing.md); absent: none",
+    ),
+    Field(
         name="started_at",
         form="µs",
         written_by=("claim", "release", "postpone"),
@@ -472,6 +478,29 @@ def failure_fields(finished_at: datetime | None, errors: Sequence[AnError]) -> d
 def retry_fields(errors: Sequence[AnError]) -> dict[str, str]:
     """Return the fields retry.lua sets for an attempt that will be tried again."""
     return {"errors": encode_errors(errors) if errors else "[]"}
+
+
+TRACE_FIELD = "trace"
+TRACE_MAX = 1024  # bytes: a traceparent is 55, a W3C tracestate at most 512
+
+
+def encode_trace(carrier: Mapping[str, str]) -> str:
+    """Encode a W3C trace context carrier (traceparent, tracestate) as the record's trace field."""
+    return dumps(dict(carrier))
+
+
+def trace_carrier(raw: Mapping[bytes, bytes]) -> dict[str, str] | None:
+    """Return the trace context a raw task hash carries; None when absent or unreadable (never raises)."""
+    text = raw.get(b"trace")
+    if not text or len(text) > TRACE_MAX:
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    if type(value) is not dict or not all(type(v) is str for v in value.values()):
+        return None
+    return value
 
 
 def shared_fields(

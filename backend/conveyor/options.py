@@ -64,6 +64,7 @@ class Options:
     allowed_task_modules: tuple[str, ...] = ()  # () = the project's INSTALLED_APPS, less Django's own
     project: str | None = None  # None = the top package of the settings module
     schedule: tuple[ScheduleEntry, ...] = ()  # periodic tasks the workers enqueue (docs/periodic.md)
+    tracing: bool = True  # spans when opentelemetry and a tracer provider are set up (docs/tracing.md)
 
     def connection_kwargs(self) -> dict[str, Any]:
         """Return keyword arguments for redis-py's connection pool (URL passed separately)."""
@@ -136,6 +137,7 @@ _SPEC: dict[str, tuple[tuple[type, ...], str]] = {
     "ALLOWED_TASK_MODULES": ((list, tuple), "a list of module paths task paths must fall under"),
     "PROJECT": ((str,), "1-200 printable characters naming the project that owns KEY_PREFIX"),
     "SCHEDULE": ((list, tuple), "a list of periodic task entries (docs/periodic.md)"),
+    "TRACING": ((bool,), "True (spans when a tracer provider is configured) or False"),
 }
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _CONNECTION_PARTS = ("HOST", "PORT", "DB", "USERNAME", "PASSWORD")

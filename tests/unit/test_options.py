@@ -52,6 +52,7 @@ def test_every_option_is_read() -> None:
         "MAX_PAYLOAD_BYTES": 2048,
         "MAX_NESTING": 10,
         "ENQUEUE_ON_COMMIT": True,
+        "TRACING": False,
     }
 
     options, problems = parse_options(raw)
@@ -163,6 +164,7 @@ def test_none_means_unset(name: str) -> None:
         ({"SSL": "yes"}, "SSL", "wrong type str"),
         ({"SSL_CHECK_HOSTNAME": 1}, "SSL_CHECK_HOSTNAME", "wrong type int"),
         ({"ENQUEUE_ON_COMMIT": 1}, "ENQUEUE_ON_COMMIT", "wrong type int"),
+        ({"TRACING": "off"}, "TRACING", "wrong type str"),
         ({"SSL_CERT_REQS": "maybe"}, "SSL_CERT_REQS", "one of required, optional, none"),
         ({"KEY_PREFIX": "a{b}"}, "KEY_PREFIX", "cannot be used"),
         ({"KEY_PREFIX": "a}b"}, "KEY_PREFIX", "cannot be used"),

@@ -254,3 +254,23 @@ def conveyor_task_always_fails(path: str) -> None:
     with Path(path).open("a") as fh:
         fh.write("ran\n")
     raise RuntimeError("conveyor failure")
+
+
+def _current_span_ids() -> list[str]:
+    from opentelemetry import trace
+
+    ctx = trace.get_current_span().get_span_context()
+    return [f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"]
+
+
+@task()
+def current_span_ids() -> list[str]:
+    """Return the trace and span ids current while the task runs (hex)."""
+    return _current_span_ids()
+
+
+@task()
+async def async_current_span_ids() -> list[str]:
+    """Return the trace and span ids current while the coroutine runs (hex)."""
+    await asyncio.sleep(0)
+    return _current_span_ids()

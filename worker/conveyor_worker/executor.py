@@ -24,6 +24,7 @@ from conveyor.exceptions import (
     UnknownTaskPath,
 )
 from conveyor.store import Claimed
+from conveyor.tracing import Tracing
 from django.db import close_old_connections
 from django.tasks.base import TaskContext, TaskError, TaskResult, TaskResultStatus
 from django.tasks.exceptions import TaskResultDoesNotExist
@@ -62,6 +63,8 @@ class Attempt:
     postpone: float | None = None  # seconds: give back unrun, due again after this delay
     timeout: float | None = None
     errors_before: tuple[codec.ErrorRecord, ...] = ()  # a record failed unstarted keeps its errors
+    trace_context: dict[str, str] | None = None  # the send span's, read from the record when tracing is on
+    span: Any = None  # its process span: set before it enters its thread, ended by whoever claims the outcome
     _started: float = field(default_factory=time.monotonic)
     _thread_id: int | None = None
     _coroutine: asyncio.Task[Any] | None = None
@@ -225,6 +228,7 @@ class Executor:
     def __init__(self, backend: RedisBackend, allowed_modules: tuple[str, ...]) -> None:
         self.backend = backend
         self.sender = type(backend)
+        self.tracing = backend.tracing  # None: no spans (docs/tracing.md)
         self.allowed_modules = allowed_modules
 
     # -- preparing ---------------------------------------------------------------
@@ -243,6 +247,8 @@ class Executor:
             token=fields[b"owner"].decode(),
             alone=bool(lost) and lost != b"0",
         )
+        if self.tracing is not None:
+            attempt.trace_context = codec.trace_carrier(fields)
         size = len(claimed.fields.get(b"args", b"")) + len(claimed.fields.get(b"kwargs", b""))
         limit = self.backend.settings.max_payload_bytes
         try:
@@ -310,10 +316,27 @@ class Executor:
             args.insert(0, TaskContext(task_result=result))
         return args, result.kwargs
 
-    def run_sync(self, attempt: Attempt, record: RecordVerdict) -> None:
-        """Run a synchronous task in the calling thread."""
+    def _start_span(self, tracing: Tracing, attempt: Attempt) -> Any:
+        """Start an attempt's process span, a child of its send span, and keep it on the attempt."""
         result = attempt.result
         assert result is not None
+        attempt.span = tracing.process(
+            queue=attempt.queue,
+            task_id=attempt.task_id,
+            task_path=result.task.module_path,
+            priority=result.task.priority,
+            attempt=result.attempts,
+            worker_id=result.worker_ids[-1] if result.worker_ids else None,
+            carrier=attempt.trace_context,
+        )
+        return attempt.span
+
+    def run_sync(self, attempt: Attempt, record: RecordVerdict) -> None:
+        """Run a synchronous task in the calling thread (inside its process span when tracing is on)."""
+        result = attempt.result
+        assert result is not None
+        tracing = self.tracing
+        current = None if tracing is None else tracing.attach(self._start_span(tracing, attempt))
         runs = attempt.enter(threading.get_ident())
         try:  # a raising receiver fails the attempt; outside the try it would leak the slot
             if not runs:
@@ -330,11 +353,15 @@ class Executor:
         finally:
             close_old_connections()
             attempt.leave()  # a late timeout interrupt must not land in this thread's next task
+            if current is not None and tracing is not None:
+                tracing.detach(current)
 
     async def run_async(self, attempt: Attempt, record: RecordVerdict) -> None:
-        """Run a coroutine task on the running event loop."""
+        """Run a coroutine task on the running event loop (inside its process span when tracing is on)."""
         result = attempt.result
         assert result is not None
+        tracing = self.tracing
+        current = None if tracing is None else tracing.attach(self._start_span(tracing, attempt))
         try:
             try:
                 if not attempt.enter_loop(asyncio.current_task()):
@@ -354,6 +381,8 @@ class Executor:
             self._succeeded(attempt, value, text, record)
         finally:
             await sync_to_async(close_old_connections)()
+            if current is not None and tracing is not None:
+                tracing.detach(current)
 
     @staticmethod
     async def _await_with_timeout(attempt: Attempt, coro: Any) -> Any:
@@ -393,6 +422,8 @@ class Executor:
         object.__setattr__(result, "_return_value", value)
         object.__setattr__(result, "finished_at", finished)
         object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
+        if attempt.span is not None and self.tracing is not None:
+            self.tracing.end(attempt.span, "succeeded", None)
         verdict = Verdict(
             kind="succeeded",
             finished_at=finished,
@@ -416,6 +447,8 @@ class Executor:
         result.errors.append(error_for(exc))
         duration = time.monotonic() - attempt.started
         delay = None if isinstance(exc, TaskCancelled) else self._retry_delay(result, exc)
+        if attempt.span is not None and self.tracing is not None:
+            self.tracing.end(attempt.span, "failed" if delay is None else "retry", exc)
         if delay is not None:
             object.__setattr__(result, "status", TaskResultStatus.READY)
             record(
