@@ -115,7 +115,10 @@ class Metrics:
             name: Histogram(f"conveyor_{name}", help_text, ["queue"], buckets=bounds, registry=self.registry)
             for name, (bounds, help_text) in HISTOGRAMS.items()
         }
-        self._busy = Gauge("conveyor_worker_busy_slots", "Slots running a task now.", registry=self.registry)
+        self._busy = 0  # written by Slots at every change (an int store is atomic), read at scrape time
+        Gauge("conveyor_worker_busy_slots", "Slots running a task now.", registry=self.registry).set_function(
+            lambda: self._busy
+        )
         Gauge("conveyor_worker_slots", "Tasks this process runs at once.", registry=self.registry).set(slots)
         self._children: dict[tuple[str, str], Any] = {}  # (metric, queue) -> its child; only ever added to
 
@@ -141,7 +144,7 @@ class Metrics:
 
     def set_busy(self, busy: int) -> None:
         """Set how many slots run a task now."""
-        self._busy.set(busy)
+        self._busy = busy
 
     def value(self, name: str, queue: str) -> int:
         """Return a counter's value (for tests and logs)."""
