@@ -79,7 +79,10 @@ def main() -> int:
     runs: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="conveyor-compare-") as tmp:
         trees = {"old": checkout(args.old, Path(tmp)), "new": checkout(args.new, Path(tmp))}
-        micro = {name: [metrics_us_per_task(tree) for _ in range(3)] for name, tree in trees.items()}
+        micro: dict[str, list[float]] = {name: [] for name in trees}
+        for _ in range(5):  # alternating too; the least of each is the least disturbed by other work
+            for name, tree in trees.items():
+                micro[name].append(metrics_us_per_task(tree))
         server = RedisProcess(binary)
         server.start()
         try:
