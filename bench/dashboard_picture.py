@@ -182,16 +182,23 @@ def main() -> int:
     ax.set_title("Busy slots")
     ax.plot(times, series("conveyor_worker_busy_slots"), label="busy")
     ax.plot(times, series("conveyor_worker_slots"), label="slots")
-    ax.plot(times, series("conveyor_queue_saturation", queue=q), label=f"{q} saturation")
+    right = ax.twinx()  # as the dashboard's override puts it: on its own axis, in percent
+    right.plot(
+        times, [v * 100 for v in series("conveyor_queue_saturation", queue=q)], "C2", label=f"{q} saturation"
+    )
+    right.set_ylabel("saturation (%)")
+    right.set_ylim(bottom=0)
+    right.legend(loc="upper center", fontsize=8)
+    ax.set_ylim(0, max(series("conveyor_worker_slots") + series("conveyor_worker_busy_slots")) * 1.3)
     ax = axes[2][1]
-    ax.set_title("Replicas")
+    ax.set_title("Replicas (here without kube-state-metrics: the scraped workers only)")
     ax.plot(times, series("conveyor_worker_up"), label="scraped (count of conveyor_worker_up)")
     for row in axes:
         for ax in row:
             ax.set_xlabel("seconds")
             ax.grid(alpha=0.3)
             ax.legend(loc="upper right", fontsize=8)
-            if ax.get_yscale() != "log":
+            if ax.get_yscale() != "log" and ax.get_ylim()[0] != 0:
                 ax.set_ylim(bottom=0)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=90)
