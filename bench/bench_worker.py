@@ -40,16 +40,18 @@ def setup_django(url: str, prefix: str) -> None:
 TRACING = {"on": False}  # --tracing sdk: the worker (and this process) trace (bench/otel_sdk.py)
 
 
-def start_worker(url: str, prefix: str, *extra: str) -> subprocess.Popen[bytes]:
-    """Start one worker process with default concurrency; its logs go to a file."""
+def start_worker(
+    url: str, prefix: str, *extra: str, root: Path = ROOT, health_port: int = 0
+) -> subprocess.Popen[bytes]:
+    """Start one worker process with default concurrency, from the code under root; its logs go to a file."""
     env = dict(
         os.environ,
         CONVEYOR_TEST_REDIS_URL=url,
         CONVEYOR_TEST_PREFIX=prefix,
         DJANGO_SETTINGS_MODULE="tests.settings",
-        PYTHONPATH=os.pathsep.join([str(ROOT / "backend"), str(ROOT / "worker"), str(ROOT)]),
+        PYTHONPATH=os.pathsep.join([str(root / "backend"), str(root / "worker"), str(root)]),
         CONVEYOR_ALLOWED_TASK_MODULES="tests",
-        CONVEYOR_HEALTH_PORT=str(free_port()),
+        CONVEYOR_HEALTH_PORT=str(health_port or free_port()),
         CONVEYOR_HEALTH_HOST="127.0.0.1",
     )
     log = (ROOT / "bench" / "results" / "worker-bench.log.tmp").open("ab")
@@ -72,8 +74,8 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[index]
 
 
-def drain(url: str, tasks: int) -> dict[str, float]:
-    """Queue N no-op tasks, then time one worker draining them (first start to last finish)."""
+def drain(url: str, tasks: int, root: Path = ROOT) -> dict[str, float]:
+    """Queue N no-op tasks, then time one worker (code under root) draining them: first start to last end."""
     from django.tasks import default_task_backend
 
     from tests.tasks import noop_task
@@ -84,7 +86,7 @@ def drain(url: str, tasks: int) -> dict[str, float]:
 
     with override_settings(TASKS=tasks_setting(url, prefix)):
         ids = [noop_task.enqueue().id for _ in range(tasks)]
-        worker = start_worker(url, prefix, "--batch")
+        worker = start_worker(url, prefix, "--batch", root=root)
         _, status, usage = os.wait4(worker.pid, 0)
         worker.returncode = os.waitstatus_to_exitcode(status)
         code = worker.returncode

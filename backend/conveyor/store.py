@@ -775,12 +775,16 @@ class Store:
             pipe.ltrim(k.wake(queue), 0, WAKE_CAP - 1)
             pipe.execute()
 
-    def live_workers(self) -> tuple[int, list[bytes]]:
-        """Return the server time (ms) and the heartbeat JSON of every worker whose beat has not run out."""
+    def live_workers(self, now_ms: int | None = None) -> tuple[int, list[bytes]]:
+        """Return the server time (ms) and the heartbeat JSON of every worker whose beat has not run out.
+
+        A caller that has just read the server clock passes it as now_ms, saving a TIME.
+        """
         k = self.keys
         with self._boundary():
-            seconds, micros = self.client.time()
-            now_ms = int(seconds) * 1000 + int(micros) // 1000
+            if now_ms is None:
+                seconds, micros = self.client.time()
+                now_ms = int(seconds) * 1000 + int(micros) // 1000
             ids: list[bytes] = self.client.zrangebyscore(k.workers, now_ms, "+inf")  # type: ignore[assignment]
             beats: list[bytes | None] = self.client.mget([k.worker(i.decode()) for i in ids]) if ids else []  # type: ignore[assignment]
         return now_ms, [b for b in beats if b is not None]

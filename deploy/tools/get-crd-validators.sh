@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the CRD validators tests/deploy uses into ./.tools/crd-validate (idempotent).
 #
-# Schemas for KEDA's ScaledObject/TriggerAuthentication and prometheus-operator's ServiceMonitor come
+# Schemas for KEDA's ScaledObject/TriggerAuthentication and prometheus-operator's ServiceMonitor and PodMonitor come
 # from npm packages generated from those projects' CRDs (@kubernetes-models/keda and
 # @kubernetes-models/prometheus-operator), pinned by deploy/tools/crd-validate/package-lock.json.
 set -euo pipefail

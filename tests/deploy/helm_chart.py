@@ -20,6 +20,7 @@ CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 RELEASE = "rel"
 NAMESPACE = "jobs"
 SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
+POD_MONITOR_API = "monitoring.coreos.com/v1/PodMonitor"
 
 Manifest = dict[str, Any]
 

@@ -20,6 +20,7 @@ from tests.deploy.helm_chart import (
     CHART,
     CI_VALUES,
     NAMESPACE,
+    POD_MONITOR_API,
     ROOT,
     SERVICE_MONITOR_API,
     Manifest,
@@ -50,10 +51,10 @@ def ci(name: str) -> Path:
 
 
 def render_all_modes(helm: str) -> dict[str, Render]:
-    """Render every ci/ values file, with the ServiceMonitor CRD present."""
+    """Render every ci/ values file, with the ServiceMonitor and PodMonitor CRDs present."""
     results = {}
     for name, path in CI.items():
-        result = helm_template(helm, [path], api_versions=[SERVICE_MONITOR_API])
+        result = helm_template(helm, [path], api_versions=[SERVICE_MONITOR_API, POD_MONITOR_API])
         assert result.returncode == 0, f"{name}: {result.stderr}"
         results[name] = result
     return results
@@ -129,7 +130,7 @@ def test_manifests_are_valid_kubernetes_objects(helm: str, values_file: Path, ku
 
 
 # Fields of the custom resources that the chart writes, as the public CRDs define them
-# (kedacore/keda config/crd/bases, prometheus-operator's ServiceMonitor CRD). HAND-WRITTEN and
+# (kedacore/keda config/crd/bases, prometheus-operator's ServiceMonitor and PodMonitor CRDs). HAND-WRITTEN and
 # limited to what we use: the CRD-generated validators below check types, enums, patterns and
 # required fields but accept unknown fields, which the API server's strict field validation rejects.
 ANY = "any"
@@ -158,6 +159,23 @@ KNOWN_FIELDS: dict[str, dict[str, object]] = {
             "namespaceSelector": {"matchNames": ANY},
             "selector": {"matchLabels": ANY},
             "endpoints": [{"port": ANY, "path": ANY, "interval": ANY}],
+        },
+    },
+    "PodMonitor": {
+        "apiVersion": ANY,
+        "kind": ANY,
+        "metadata": METADATA,
+        "spec": {
+            "namespaceSelector": {"matchNames": ANY},
+            "selector": {"matchLabels": ANY},
+            "podMetricsEndpoints": [
+                {
+                    "port": ANY,
+                    "path": ANY,
+                    "interval": ANY,
+                    "metricRelabelings": [{"sourceLabels": ANY, "regex": ANY, "action": ANY}],
+                }
+            ],
         },
     },
 }
@@ -216,7 +234,7 @@ def test_custom_resources_match_their_crd_schemas(helm: str, crd_validator: str)
         if d["apiVersion"].startswith(CUSTOM_API_GROUPS)
     ]
     kinds = {d["kind"] for d in custom}
-    assert kinds == {"ScaledObject", "ServiceMonitor"}
+    assert kinds == {"ScaledObject", "ServiceMonitor", "PodMonitor"}
     # Then the CRD-generated schemas accept them
     results = validate_custom_resources(crd_validator, custom)
     assert [r for r in results if not r["ok"]] == []

@@ -16,6 +16,10 @@ TASKS = 1000
 # trip), measured on the worker before it was split into parts (commit 1974b3e).
 BASELINE_CALLS_PER_TASK = 189.6
 GROWTH_ALLOWED = 1.10
+# Calls prometheus_client's counters and histograms add per task (two inc(), two observe() and their
+# checks: 193.4 -> 215.9), taken on when the worker moved to the library, its cost measured at about
+# 1% of the drain (docs/metrics.md); on top of the 10% any other change may take.
+METRICS_LIBRARY_CALLS = 22.5
 
 
 class CallCounter:
@@ -55,4 +59,5 @@ def test_python_calls_per_task_on_the_hot_path_do_not_grow(backend: object, run_
     assert all(b.get_result(r.id).status == "SUCCESSFUL" for r in results[:: TASKS // 20])
     per_task = counter.calls / TASKS
     print(f"\nprocessor-thread Python calls per task: {per_task:.1f} (baseline {BASELINE_CALLS_PER_TASK})")
-    assert per_task <= BASELINE_CALLS_PER_TASK * GROWTH_ALLOWED, (per_task, BASELINE_CALLS_PER_TASK)
+    limit = BASELINE_CALLS_PER_TASK * GROWTH_ALLOWED + METRICS_LIBRARY_CALLS
+    assert per_task <= limit, (per_task, BASELINE_CALLS_PER_TASK)

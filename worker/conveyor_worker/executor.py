@@ -65,6 +65,8 @@ class Attempt:
     errors_before: tuple[codec.ErrorRecord, ...] = ()  # a record failed unstarted keeps its errors
     trace_context: dict[str, str] | None = None  # the send span's, read from the record when tracing is on
     span: Any = None  # its process span: set before it enters its thread, ended by whoever claims the outcome
+    # First deliveries only: when the task could first run (epoch seconds), for the pickup histogram.
+    ready_at: float | None = None
     _started: float = field(default_factory=time.monotonic)
     _thread_id: int | None = None
     _coroutine: asyncio.Task[Any] | None = None
@@ -288,6 +290,12 @@ class Executor:
             return attempt
         attempt.result = codec.to_task_result(record, task)
         attempt.timeout = getattr(task, "timeout", None)
+        if fields.get(b"deliveries") == b"1" and record.enqueued_at is not None:
+            # A retry's or a redelivery's due time is not in the record, so only first attempts count.
+            ready_at = record.enqueued_at
+            if record.run_after is not None and record.run_after > ready_at:
+                ready_at = record.run_after
+            attempt.ready_at = ready_at.timestamp()
         return attempt
 
     @staticmethod

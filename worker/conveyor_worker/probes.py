@@ -14,7 +14,7 @@ from typing import Any
 from conveyor.exceptions import ConveyorError
 from conveyor.store import Store
 
-from .metrics import Metrics, work_document
+from .metrics import Metrics, live_slots, work_document
 
 logger = logging.getLogger(__name__)
 
@@ -127,12 +127,15 @@ class Probes:
         self._server: ProbeServer | None = None
 
     def metrics_text(self) -> str:
-        """Return /metrics: TIME, then five Redis commands per queue in one round trip."""
+        """Return /metrics: queue counts (TIME, six commands per queue) and live slots (two commands)."""
         try:
-            stats = self.store.queue_stats(list(self.queues()))
+            queues = list(self.queues())
+            stats = self.store.queue_stats(queues)
+            now_ms = stats[0].read_at_ms if stats else None
+            _, beats = self.store.live_workers(now_ms)
         except ConveyorError:
             return self.metrics.render(None, up=False)
-        return self.metrics.render(stats, up=True)
+        return self.metrics.render(stats, up=True, slots=live_slots(beats, queues))
 
     def work_json(self) -> tuple[int, str]:
         """Return /work (status, body): the queues' work for KEDA; 503 when Redis does not answer."""

@@ -196,8 +196,10 @@ class Recorder:
         return fields
 
     def started(self, attempt: Attempt) -> None:
-        """Count and log an attempt whose task starts now."""
+        """Count and log an attempt whose task starts now (a first attempt also times its pickup)."""
         self._metrics.count("started", attempt.queue)
+        if attempt.ready_at is not None:
+            self._metrics.observe_pickup(attempt.queue, max(0.0, time.time() - attempt.ready_at))
         self.lines.info("task started", self.task_fields(attempt, event="task_started", status="RUNNING"))
 
     def _log_verdict(self, attempt: Attempt, verdict: Verdict, stored: bool) -> None:

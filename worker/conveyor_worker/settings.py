@@ -36,6 +36,15 @@ class QueueSelection:
         every = ["*"] if self.all_queues else []
         return [*every, *self.names, *(f"-{name}" for name in sorted(self.excluded))]
 
+    @classmethod
+    def from_given(cls, parts: Sequence[str]) -> QueueSelection:
+        """Return the selection as_given() spelled (a worker's heartbeat carries it); SettingError if bad."""
+        return _queues(",".join(parts))
+
+    def serves(self, queue: str) -> bool:
+        """Tell whether this selection consumes a queue."""
+        return (self.all_queues or queue in self.names) and queue not in self.excluded
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerSettings:
