@@ -76,6 +76,7 @@ class RedisProcess:
 
     appendonly=True turns the append-only file on with appendfsync always: every write is
     on disk before Redis answers, so data survives stop() and start() (same port and dir).
+    save sets RDB save points; stop() kills, so nothing is saved unless one was reached.
     lifetime bounds how long each started server may run before it is killed (SIGALRM).
     """
 
@@ -86,6 +87,7 @@ class RedisProcess:
     workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="conveyor-redis-"))
     appendonly: bool = False
     lifetime: float | None = None
+    save: str = ""  # RDB save points ("3600 1"); "" saves nothing
     extra_args: tuple[str, ...] = ()  # more server arguments, e.g. ("--replicaof", "127.0.0.1", "6380")
 
     @property
@@ -102,7 +104,7 @@ class RedisProcess:
             "--bind",
             "127.0.0.1",
             "--save",
-            "",
+            self.save,
             "--appendonly",
             "yes" if self.appendonly else "no",
             "--dir",

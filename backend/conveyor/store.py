@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from .durability import PARAMETERS, Durability
 from .exceptions import ConveyorError, RedisUnavailable
 from .keys import Keys
 from .options import Options
@@ -138,6 +139,10 @@ class Promotion:
     promoted: int
     next_due_ms: int | None
     server_now_ms: int
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _primary_moved(exc: ResponseError) -> bool:
@@ -954,6 +959,24 @@ class Store:
         with self._boundary():
             seconds, micros = self.client.time()
         return int(seconds) * 1000 + int(micros) // 1000
+
+    def durability(self) -> Durability | None:
+        """Return the server's eviction and persistence settings; None when CONFIG GET is refused.
+
+        Managed services and ACL users without +config refuse it (or rename the command).
+        """
+        with self._boundary():
+            pipe = self.client.pipeline(transaction=False)
+            for name in PARAMETERS:
+                pipe.config_get(name)
+            replies = pipe.execute(raise_on_error=False)
+        if any(isinstance(reply, ResponseError) for reply in replies):
+            return None
+        config: dict[str, str] = {}
+        for reply in replies:
+            for name, value in dict(reply).items():
+                config[_text(name)] = _text(value)
+        return Durability.from_config(config)
 
     def call(self, fn: Callable[[redis.Redis], Any]) -> Any:
         """Run fn with the client inside the error boundary (for tools and tests)."""

