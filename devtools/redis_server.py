@@ -124,10 +124,7 @@ class RedisProcess:
 
     def stop(self) -> None:
         """Kill the server (SIGKILL: like a crash, nothing saved)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.proc = None
+        self.proc = _killed(self.proc)
 
     def restart(self) -> None:
         """Kill and start again on the same port (empty, unless appendonly kept the data)."""
@@ -138,6 +135,13 @@ class RedisProcess:
         """Return the server's version line."""
         out = subprocess.run([self.binary, "--version"], capture_output=True, text=True, check=False)
         return out.stdout.strip()
+
+
+def _killed(proc: subprocess.Popen[bytes] | None) -> None:
+    """Kill a server process we started, if it still runs, and reap it."""
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 @dataclass
@@ -181,7 +185,4 @@ class SentinelProcess:
 
     def stop(self) -> None:
         """Kill the sentinel."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.proc = None
+        self.proc = _killed(self.proc)
