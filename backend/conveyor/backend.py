@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -33,6 +34,8 @@ from .store import Holder, Store, UniqueLock
 from .tracing import Tracing, tracing_for
 from .transport import ScriptCall, Sent
 from .waiting import async_waiters, wait_for_record
+
+logger = logging.getLogger(__name__)
 
 # Ids are 32 URL-safe characters from secrets; anything else cannot be one of ours.
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -683,7 +686,7 @@ class RedisBackend(BaseTaskBackend):
     # -- checks ------------------------------------------------------------------
 
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
-        """Report bad OPTIONS and an unreachable Redis as errors; never raise."""
+        """Report bad OPTIONS and an unreachable Redis as errors, a Redis that loses tasks as warnings."""
         errors: list[checks.CheckMessage] = [
             checks.Error(
                 f"TASKS[{self.alias!r}] {p.setting}: {p.message}",
@@ -711,6 +714,27 @@ class RedisBackend(BaseTaskBackend):
                         id="conveyor.E004",
                     )
                 )
+            durability = self.store.durability()
+            if durability is None:  # CONFIG refused (managed Redis, ACL): nothing to warn about
+                logger.info(
+                    "TASKS[%r]: could not verify Redis eviction and persistence (CONFIG GET refused)",
+                    self.alias,
+                )
+            else:
+                for risk, check_id in (
+                    (durability.eviction_risk(), "conveyor.W001"),
+                    (durability.persistence_risk(), "conveyor.W002"),
+                ):
+                    if risk is not None:
+                        errors.append(
+                            checks.Warning(
+                                f"TASKS[{self.alias!r}]: Redis may lose tasks without an error: {risk}.",
+                                hint="See docs/production.md; silence this check only for a Redis "
+                                "whose tasks may be lost (development).",
+                                obj=self,
+                                id=check_id,
+                            )
+                        )
         except RedisUnavailable as exc:
             errors.append(
                 checks.Error(

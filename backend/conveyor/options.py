@@ -6,7 +6,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from redis.connection import parse_url
 
@@ -18,6 +18,9 @@ DEFAULT_MAX_NESTING = 64
 # beyond what a worker thread recurses through safely; the codec refuses deeper records.
 MAX_NESTING_CEILING = 256
 SSL_CERT_REQS = ("required", "optional", "none")
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+DEFAULT_SENTINEL_PORT = 26379
+_SERVICE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
@@ -65,6 +68,12 @@ class Options:
     project: str | None = None  # None = the top package of the settings module
     schedule: tuple[ScheduleEntry, ...] = ()  # periodic tasks the workers enqueue (docs/periodic.md)
     tracing: bool = True  # spans when opentelemetry and a tracer provider are set up (docs/tracing.md)
+    # Sentinel mode (a redis+sentinel:// URL, or SENTINELS + SERVICE_NAME): the primary is asked
+    # of these sentinels; db, username, password and ssl above then apply to the primary.
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service_name: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
 
     def connection_kwargs(self) -> dict[str, Any]:
         """Return keyword arguments for redis-py's connection pool (URL passed separately)."""
@@ -73,8 +82,11 @@ class Options:
             "socket_timeout": self.socket_timeout,
             "max_connections": self.max_connections,
         }
-        if self.url is None:
+        if self.sentinels:  # the host and port come from the sentinels, per connection
+            kwargs["db"] = self.db
+        elif self.url is None:
             kwargs.update(host=self.host, port=self.port, db=self.db)
+        if self.url is None:
             if self.username is not None:
                 kwargs["username"] = self.username
             if self.password is not None:
@@ -89,6 +101,21 @@ class Options:
                     kwargs[name] = getattr(self, name)
         return kwargs
 
+    def sentinel_kwargs(self) -> dict[str, Any]:
+        """Return keyword arguments for the connections to the sentinels themselves."""
+        kwargs: dict[str, Any] = {
+            "socket_connect_timeout": self.connect_timeout,
+            "socket_timeout": self.socket_timeout,
+        }
+        if self.sentinel_username is not None:
+            kwargs["username"] = self.sentinel_username
+        if self.sentinel_password is not None:
+            kwargs["password"] = self.sentinel_password
+        if self.ssl:  # sentinels of a TLS deployment speak TLS with the same certificates
+            kwargs["ssl"] = True
+            kwargs.update({k: v for k, v in self.connection_kwargs().items() if k.startswith("ssl_")})
+        return kwargs
+
     @property
     def uses_tls(self) -> bool:
         """Tell whether connections are encrypted."""
@@ -96,6 +123,9 @@ class Options:
 
     def describe_target(self) -> str:
         """Return where Redis is, for error messages, without credentials."""
+        if self.sentinels:
+            nodes = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinels)
+            return f"primary of sentinel service {self.service_name!r} via {nodes}, db {self.db}"
         if self.url is None:
             scheme = "rediss" if self.ssl else "redis"
             return f"{scheme}://{self.host}:{self.port}/{self.db} (OPTIONS HOST/PORT/DB)"
@@ -109,7 +139,11 @@ class Options:
 
 # name -> (expected python types, description used in hints)
 _SPEC: dict[str, tuple[tuple[type, ...], str]] = {
-    "URL": ((str,), "a redis://, rediss:// or unix:// URL"),
+    "URL": ((str,), "a redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel:// URL"),
+    "SENTINELS": ((list, tuple), "a list of (host, port) pairs of Redis Sentinels"),
+    "SERVICE_NAME": ((str,), "the sentinels' name for the primary (1-128 of A-Z a-z 0-9 _ . : -)"),
+    "SENTINEL_USERNAME": ((str,), "the user name the sentinels require"),
+    "SENTINEL_PASSWORD": ((str,), "the password the sentinels require"),
     "HOST": ((str,), "a host name"),
     "PORT": ((int,), "a TCP port between 1 and 65535"),
     "DB": ((int,), "a database number >= 0"),
@@ -141,6 +175,7 @@ _SPEC: dict[str, tuple[tuple[type, ...], str]] = {
 }
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _CONNECTION_PARTS = ("HOST", "PORT", "DB", "USERNAME", "PASSWORD")
+_SENTINEL_PARTS = ("SENTINELS", "SERVICE_NAME")
 _TOP_LEVEL = ("MAX_ATTEMPTS", "BACKOFF")  # read by conveyor.retries from TASKS[alias] itself
 
 
@@ -169,7 +204,85 @@ def _bad_value(name: str, value: Any) -> str | None:
         return f"ALLOWED_TASK_MODULES must be a non-empty list of module paths, not {value!r}."
     if name == "PROJECT" and not (0 < len(value) <= 200 and value.isprintable()):
         return f"PROJECT must be 1-200 printable characters, not {value!r}."
+    if name == "SENTINELS" and not _sentinel_nodes(value):
+        return f"SENTINELS must be a non-empty list of (host, port) pairs, not {value!r}."
+    if name == "SERVICE_NAME" and not _SERVICE_RE.match(value):
+        return f"SERVICE_NAME {value!r} must be 1-128 characters from A-Z a-z 0-9 _ . : -."
     return None
+
+
+def _sentinel_nodes(value: Any) -> tuple[tuple[str, int], ...] | None:
+    """Return SENTINELS as (host, port) pairs, or None when it is not a non-empty list of them."""
+    nodes: list[tuple[str, int]] = []
+    for node in value if isinstance(value, (list, tuple)) else ():
+        if not (isinstance(node, (list, tuple)) and len(node) == 2):
+            return None
+        host, port = node
+        if not (isinstance(host, str) and host.strip() and host == host.strip()):
+            return None
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            return None
+        nodes.append((host, port))
+    return tuple(nodes) or None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SentinelURL:
+    """What a redis+sentinel:// URL says (see parse_sentinel_url)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service_name: str
+    db: int
+    username: str | None
+    password: str | None = field(repr=False)
+    ssl: bool
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """Parse redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]; raise ValueError.
+
+    The credentials are the primary's (as in a redis:// URL); a sentinel's own come from
+    SENTINEL_USERNAME/SENTINEL_PASSWORD. A port left out is 26379; rediss+sentinel:// uses
+    TLS to the primary and to the sentinels. No query string is accepted.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in SENTINEL_SCHEMES:
+        raise ValueError(f"a sentinel URL starts with {' or '.join(s + '://' for s in SENTINEL_SCHEMES)}")
+    if "?" in rest or "#" in rest:
+        raise ValueError("a sentinel URL takes no query string or fragment; use OPTIONS instead")
+    netloc, _, path = rest.partition("/")
+    credentials, at, nodes_text = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = credentials.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    nodes: list[tuple[str, int]] = []
+    for node in nodes_text.split(","):
+        host, port_text = node, ""
+        if node.startswith("["):  # [ipv6]:port
+            host, _, tail = node[1:].partition("]")
+            port_text = tail.removeprefix(":")
+        elif ":" in node:
+            host, _, port_text = node.rpartition(":")
+        if not host:
+            raise ValueError(f"sentinel {node!r} has no host")
+        if port_text and not (port_text.isdigit() and 1 <= int(port_text) <= 65535):
+            raise ValueError(f"sentinel {node!r} has a bad port")
+        nodes.append((host, int(port_text) if port_text else DEFAULT_SENTINEL_PORT))
+    service, _, db_text = path.partition("/")
+    if not _SERVICE_RE.match(service):
+        raise ValueError("a sentinel URL needs the service name as its path: .../service_name[/db]")
+    if db_text and not db_text.isdigit():
+        raise ValueError(f"database {db_text!r} is not a number")
+    return SentinelURL(
+        sentinels=tuple(nodes),
+        service_name=service,
+        db=int(db_text or 0),
+        username=username,
+        password=password,
+        ssl=scheme == "rediss+sentinel",
+    )
 
 
 def _bad_url(url: str) -> str | None:
@@ -178,9 +291,16 @@ def _bad_url(url: str) -> str | None:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
+        if url.partition("://")[0] in SENTINEL_SCHEMES:
+            return _bad_sentinel_url(url)
         return f"URL is malformed: {exc}."
+    if parts.scheme in SENTINEL_SCHEMES:
+        return _bad_sentinel_url(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
-        return f"URL must start with redis://, rediss:// or unix://, not {parts.scheme!r}://."
+        return (
+            "URL must start with redis://, rediss://, unix://, redis+sentinel:// or "
+            f"rediss+sentinel://, not {parts.scheme!r}://."
+        )
     try:
         parse_url(url)  # redis-py's own parser refuses bad query values such as ?db=x
     except ValueError as exc:
@@ -195,6 +315,77 @@ def _bad_url(url: str) -> str | None:
     if db and not db.isdigit():
         return f"URL database {db!r} is not a number."
     return None
+
+
+def _bad_sentinel_url(url: str) -> str | None:
+    try:
+        parse_sentinel_url(url)
+    except ValueError as exc:
+        return f"URL is malformed: {exc}."
+    return None
+
+
+def _sentinel_problems(raw: dict[Any, Any], values: dict[str, Any]) -> list[Problem]:
+    """Check that sentinel settings come whole and alone; fold a sentinel URL into values."""
+    problems: list[Problem] = []
+    url = values.get("url")
+    if url is not None and url.partition("://")[0] in SENTINEL_SCHEMES:
+        parsed = parse_sentinel_url(url)  # _bad_url let it through
+        values.update(
+            url=None,
+            sentinels=parsed.sentinels,
+            service_name=parsed.service_name,
+            db=parsed.db,
+            username=parsed.username,
+            password=parsed.password,
+            ssl=parsed.ssl,
+        )
+        if any(part in raw for part in (*_SENTINEL_PARTS, "SSL")):
+            problems.append(
+                Problem(
+                    option="URL",
+                    message="URL is a sentinel URL and SENTINELS/SERVICE_NAME/SSL are set as well.",
+                    hint="Give either the redis+sentinel:// URL or SENTINELS and SERVICE_NAME.",
+                )
+            )
+        return problems
+    if "URL" in raw and any(part in raw for part in _SENTINEL_PARTS):
+        problems.append(
+            Problem(
+                option="URL",
+                message="URL and SENTINELS/SERVICE_NAME are both set.",
+                hint="Give either URL (redis+sentinel:// for Sentinel) or SENTINELS and SERVICE_NAME.",
+            )
+        )
+    given = [part for part in _SENTINEL_PARTS if part in raw]
+    if len(given) == 1:
+        missing = "SERVICE_NAME" if given == ["SENTINELS"] else "SENTINELS"
+        problems.append(
+            Problem(
+                option=missing,
+                message=f"{given[0]} is set without {missing}.",
+                hint="Sentinel needs both SENTINELS (the sentinels' addresses) and SERVICE_NAME.",
+            )
+        )
+    if "sentinels" in values and any(part in raw for part in ("HOST", "PORT")):
+        problems.append(
+            Problem(
+                option="SENTINELS",
+                message="SENTINELS and HOST/PORT are both set.",
+                hint="With Sentinel the primary's address comes from the sentinels: drop HOST and PORT.",
+            )
+        )
+    if "sentinels" in values:
+        values["sentinels"] = _sentinel_nodes(values["sentinels"])
+    elif any(name in raw for name in ("SENTINEL_USERNAME", "SENTINEL_PASSWORD")) and not given:
+        problems.append(
+            Problem(
+                option="SENTINEL_PASSWORD",
+                message="SENTINEL_USERNAME/SENTINEL_PASSWORD are set but Sentinel is not used.",
+                hint="Use a redis+sentinel:// URL or SENTINELS and SERVICE_NAME, or drop them.",
+            )
+        )
+    return problems
 
 
 def parse_options(raw: Any) -> tuple[Options, list[Problem]]:
@@ -233,6 +424,8 @@ def parse_options(raw: Any) -> tuple[Options, list[Problem]]:
             "SSL_CERTFILE",
             "SSL_KEYFILE",
             "URL",
+            "SENTINEL_USERNAME",
+            "SENTINEL_PASSWORD",
         }:
             continue
         type_ok = isinstance(value, types) and not (bool not in types and isinstance(value, bool))
@@ -250,7 +443,9 @@ def parse_options(raw: Any) -> tuple[Options, list[Problem]]:
                 hint="Give either URL or the individual settings, not both.",
             )
         )
-    if "url" not in values and not any(part in raw for part in _CONNECTION_PARTS) and "URL" not in raw:
+    problems += _sentinel_problems(raw, values)
+    explicit = (*_CONNECTION_PARTS, *_SENTINEL_PARTS, "URL")
+    if "url" not in values and "sentinels" not in values and not any(part in raw for part in explicit):
         values["url"] = DEFAULT_URL
     if "allowed_task_modules" in values:
         values["allowed_task_modules"] = tuple(values["allowed_task_modules"])

@@ -13,6 +13,8 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
@@ -20,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from .durability import PARAMETERS, Durability
 from .exceptions import ConveyorError, RedisUnavailable
 from .keys import Keys
 from .options import Options
@@ -138,6 +141,65 @@ class Promotion:
     server_now_ms: int
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _primary_moved(exc: ResponseError) -> bool:
+    """Tell whether an error reply means the primary is gone from this server (Sentinel failover)."""
+    # READONLY: a demoted primary; NOREPLICAS: a primary cut off from its replicas
+    # (min-replicas-to-write), the old side of a failover still under way.
+    return str(exc).startswith(("READONLY", "NOREPLICAS")) or isinstance(exc, redis.exceptions.ReadOnlyError)
+
+
+class _SentinelConnection(redis.sentinel.SentinelManagedConnection):
+    """A connection to the primary Sentinel names; asks again after READONLY or NOREPLICAS."""
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        """Send a command, connecting first through the sentinels when not connected."""
+        if not self._sock:  # redis-py would reconnect to the last address, perhaps the old primary
+            self.connect()
+        super().send_packed_command(command, check_health)
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        """Read a reply; a reply saying the primary moved drops the connection as a connection error."""
+        try:
+            return super().read_response(*args, **kwargs)
+        except ResponseError as exc:
+            if not _primary_moved(exc):
+                raise
+            self.disconnect()  # the next connect() asks the sentinels where the primary is
+            raise RedisConnectionError(f"no longer the primary: {exc}") from exc
+
+
+class _SentinelSSLConnection(_SentinelConnection, redis.SSLConnection):
+    """A TLS connection to the primary Sentinel names."""
+
+
+class _AsyncSentinelConnection(redis.asyncio.sentinel.SentinelManagedConnection):
+    """The asyncio twin of _SentinelConnection."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        """Send a command, connecting first through the sentinels when not connected."""
+        if not self.is_connected:
+            await self.connect()
+        await super().send_packed_command(command, check_health)
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        """Read a reply; a reply saying the primary moved drops the connection as a connection error."""
+        try:
+            return await super().read_response(*args, **kwargs)
+        except ResponseError as exc:
+            if not _primary_moved(exc):
+                raise
+            await self.disconnect()
+            raise RedisConnectionError(f"no longer the primary: {exc}") from exc
+
+
+class _AsyncSentinelSSLConnection(_AsyncSentinelConnection, redis.asyncio.SSLConnection):
+    """The asyncio twin of _SentinelSSLConnection."""
+
+
 class Store:
     """Issue conveyor's Redis commands for one backend; connections are made lazily."""
 
@@ -146,6 +208,7 @@ class Store:
         self.keys = keys
         self._client_name = client_name
         self._client: redis.Redis | None = None
+        self._sentinel: redis.sentinel.Sentinel | None = None
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         # Script calls go through the transport, on connections of the client's pool.
         self.transport = Transport(self._new_connection, self._translate_any)
@@ -175,7 +238,20 @@ class Store:
         """Return the synchronous client, creating its pool on first use."""
         if self._client is None:
             kwargs = self._pool_kwargs(redis.SSLConnection, Retry(NoBackoff(), 1))
-            if self.options.url is not None:
+            if self.options.sentinels:
+                # Each new connection asks the sentinels for the primary; one that meets
+                # READONLY/NOREPLICAS or a broken socket is dropped, so the retry asks again.
+                kwargs["connection_class"] = (
+                    _SentinelSSLConnection if self.options.ssl else _SentinelConnection
+                )
+                self._sentinel = redis.sentinel.Sentinel(
+                    list(self.options.sentinels), sentinel_kwargs=self.options.sentinel_kwargs()
+                )
+                name = self.options.service_name
+                pool: redis.ConnectionPool = redis.sentinel.SentinelConnectionPool(
+                    name, self._sentinel, **kwargs
+                )
+            elif self.options.url is not None:
                 pool = redis.ConnectionPool.from_url(self.options.url, **kwargs)
             else:
                 pool = redis.ConnectionPool(**kwargs)
@@ -188,7 +264,17 @@ class Store:
         entry = self._async.get(loop)
         if entry is None:
             kwargs = self._pool_kwargs(redis.asyncio.SSLConnection, AsyncRetry(NoBackoff(), 1))
-            if self.options.url is not None:
+            if self.options.sentinels:
+                kwargs["connection_class"] = (
+                    _AsyncSentinelSSLConnection if self.options.ssl else _AsyncSentinelConnection
+                )
+                sentinel = redis.asyncio.sentinel.Sentinel(
+                    list(self.options.sentinels), sentinel_kwargs=self.options.sentinel_kwargs()
+                )
+                pool: redis.asyncio.ConnectionPool = redis.asyncio.sentinel.SentinelConnectionPool(
+                    self.options.service_name, sentinel, **kwargs
+                )
+            elif self.options.url is not None:
                 pool = redis.asyncio.ConnectionPool.from_url(self.options.url, **kwargs)
             else:
                 pool = redis.asyncio.ConnectionPool(**kwargs)
@@ -206,6 +292,9 @@ class Store:
             self._client.close()
             self._client.connection_pool.disconnect()
             self._client = None
+        if self._sentinel is not None:
+            self._sentinel.close()
+            self._sentinel = None
 
     # -- error translation -------------------------------------------------------
 
@@ -874,6 +963,24 @@ class Store:
         with self._boundary():
             seconds, micros = self.client.time()
         return int(seconds) * 1000 + int(micros) // 1000
+
+    def durability(self) -> Durability | None:
+        """Return the server's eviction and persistence settings; None when CONFIG GET is refused.
+
+        Managed services and ACL users without +config refuse it (or rename the command).
+        """
+        with self._boundary():
+            pipe = self.client.pipeline(transaction=False)
+            for name in PARAMETERS:
+                pipe.config_get(name)
+            replies = pipe.execute(raise_on_error=False)
+        if any(isinstance(reply, ResponseError) for reply in replies):
+            return None
+        config: dict[str, str] = {}
+        for reply in replies:
+            for name, value in dict(reply).items():
+                config[_text(name)] = _text(value)
+        return Durability.from_config(config)
 
     def call(self, fn: Callable[[redis.Redis], Any]) -> Any:
         """Run fn with the client inside the error boundary (for tools and tests)."""

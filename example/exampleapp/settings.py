@@ -61,6 +61,12 @@ TASKS = {
         "OPTIONS": {
             "URL": os.environ.get("REDIS_URL", "redis://localhost:6379/0"),
             "KEY_PREFIX": os.environ.get("CONVEYOR_KEY_PREFIX", "conveyor"),
+            # TLS files for a rediss:// URL (the Helm chart's redis.tls mounts them and sets these)
+            **{
+                option: os.environ[f"REDIS_{option}"]
+                for option in ("SSL_CA_CERTS", "SSL_CERTFILE", "SSL_KEYFILE")
+                if os.environ.get(f"REDIS_{option}")
+            },
         },
     }
 }

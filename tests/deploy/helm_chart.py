@@ -25,12 +25,24 @@ POD_MONITOR_API = "monitoring.coreos.com/v1/PodMonitor"
 Manifest = dict[str, Any]
 
 
-def find_helm() -> str | None:
-    """Return ./.tools/bin/helm (what deploy/tools/get-helm.sh installs), else helm on PATH."""
-    local = ROOT / ".tools" / "bin" / "helm"
+# The Helm majors the chart is tested with, by the binary name deploy/tools/get-helm.sh installs.
+HELM_BINARIES = {"3": "helm", "4": "helm4"}
+
+
+def find_helm(major: str = "3") -> str | None:
+    """Return ./.tools/bin/helm or helm4 (what deploy/tools/get-helm.sh installs), else that name on PATH.
+
+    A binary found on PATH counts only if `version` says it is of that major.
+    """
+    name = HELM_BINARIES[major]
+    local = ROOT / ".tools" / "bin" / name
     if local.is_file() and os.access(local, os.X_OK):
         return str(local)
-    return shutil.which("helm")
+    found = shutil.which(name)
+    if found is None:
+        return None
+    proc = subprocess.run([found, "version", "--short"], capture_output=True, text=True, check=False)
+    return found if proc.stdout.startswith(f"v{major}.") else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -985,7 +985,8 @@ def test_helm_test_pod_pings_redis(helm: str) -> None:
 def test_schema_rejects_bad_values(helm: str, values: dict[str, object], message: str) -> None:
     result = helm_template(helm, set_values=values)
     assert result.returncode != 0, f"accepted {values}"
-    assert message in result.stderr
+    # Helm 3 names the value redis.url, Helm 4 by its JSON pointer '/redis/url'
+    assert message in result.stderr or f"'/{message.replace('.', '/')}" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize(
@@ -1099,3 +1100,151 @@ def test_notes_warn_when_pod_deletion_cost_runs_without_its_admission_policy(
     assert warning in render_notes(helm, tmp_path / "bare", ci("none"))
     assert warning not in render_notes(helm, tmp_path / "served", ci("none"), ADMISSION_POLICY_API)
     assert warning not in render_notes(helm, tmp_path / "off", ci("hpa"))
+
+
+# -- Redis TLS files and the worker NetworkPolicy ------------------------------------------------------
+
+TLS_SECRETS = {"redis.tls.caSecret": "redis-ca", "redis.tls.clientSecret": "redis-client"}
+
+
+def django_pods(result: Render) -> list[tuple[str, Manifest]]:
+    """Return (name, pod spec) of every pod that runs Django or talks to Redis (all but none here)."""
+    return list(result.pod_specs())
+
+
+def test_tls_secrets_are_mounted_and_named_in_every_django_container(helm: str) -> None:
+    # Given a CA Secret and a client certificate Secret
+    result = rendered(
+        helm,
+        migrations__enabled=True,
+        web__enabled=True,
+        **{k.replace(".", "__"): v for k, v in TLS_SECRETS.items()},
+    )
+    pods = django_pods(result)
+    names = {n for n, _ in pods}
+    assert {
+        "rel-conveyor-worker",
+        "rel-conveyor-web",
+        "rel-conveyor-migrate",
+        "rel-conveyor-test-redis",
+    } <= names
+    for name, pod in pods:
+        # Then each pod projects both into one read-only volume...
+        [volume] = [v for v in pod["volumes"] if v["name"] == "redis-tls"]
+        sources = {s["secret"]["name"]: s["secret"]["items"] for s in volume["projected"]["sources"]}
+        assert sources == {
+            "redis-ca": [{"key": "ca.crt", "path": "ca.crt"}],
+            "redis-client": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}],
+        }, name
+        assert volume["projected"]["defaultMode"] == 0o440
+        for spec in pod["containers"]:
+            # ...mounted in every container, whose env names the three files for the settings
+            [mount] = [m for m in spec["volumeMounts"] if m["name"] == "redis-tls"]
+            assert mount == {"name": "redis-tls", "mountPath": "/etc/conveyor/redis-tls", "readOnly": True}
+            env = plain_env(spec)
+            assert env["REDIS_SSL_CA_CERTS"] == "/etc/conveyor/redis-tls/ca.crt", name
+            assert env["REDIS_SSL_CERTFILE"] == "/etc/conveyor/redis-tls/tls.crt", name
+            assert env["REDIS_SSL_KEYFILE"] == "/etc/conveyor/redis-tls/tls.key", name
+
+
+def test_ca_only_mounts_only_the_ca_and_no_secrets_mount_nothing(helm: str) -> None:
+    ca_only = rendered(helm, redis__tls__caSecret="redis-ca", redis__tls__caKey="bundle.pem")
+    [volume] = [
+        v
+        for v in worker_deployment(ca_only)["spec"]["template"]["spec"]["volumes"]
+        if v["name"] == "redis-tls"
+    ]
+    assert volume["projected"]["sources"] == [
+        {"secret": {"name": "redis-ca", "items": [{"key": "bundle.pem", "path": "ca.crt"}]}}
+    ]
+    env = plain_env(worker_container(ca_only))
+    assert "REDIS_SSL_CA_CERTS" in env and "REDIS_SSL_CERTFILE" not in env
+
+    plain = rendered(helm)
+    for _, pod in django_pods(plain):
+        assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+        assert not any(k.startswith("REDIS_SSL_") for c in pod["containers"] for k in plain_env(c))
+
+
+def test_example_settings_read_the_tls_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example project passes REDIS_SSL_* to OPTIONS SSL_CA_CERTS/SSL_CERTFILE/SSL_KEYFILE."""
+    import importlib.util
+
+    monkeypatch.setenv("REDIS_SSL_CA_CERTS", "/etc/conveyor/redis-tls/ca.crt")
+    monkeypatch.setenv("REDIS_SSL_KEYFILE", "/etc/conveyor/redis-tls/tls.key")
+    monkeypatch.delenv("REDIS_SSL_CERTFILE", raising=False)
+    spec = importlib.util.spec_from_file_location(
+        "example_settings", ROOT / "example" / "exampleapp" / "settings.py"
+    )
+    assert spec is not None and spec.loader is not None
+    settings = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(settings)
+
+    options = settings.TASKS["default"]["OPTIONS"]
+    assert options["SSL_CA_CERTS"] == "/etc/conveyor/redis-tls/ca.crt"
+    assert options["SSL_KEYFILE"] == "/etc/conveyor/redis-tls/tls.key"
+    assert "SSL_CERTFILE" not in options
+
+
+NETWORK_POLICY = {
+    "networkPolicy.enabled": True,
+    "networkPolicy.redis.to": [{"podSelector": {"matchLabels": {"app": "redis"}}}],
+    "networkPolicy.redis.ports": [6379, 26379],
+    "networkPolicy.metrics.from": [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ],
+}
+
+
+def test_no_network_policy_by_default(helm: str) -> None:
+    assert rendered(helm).of_kind("NetworkPolicy") == []
+
+
+def test_network_policy_lets_the_worker_reach_only_redis_and_dns(helm: str) -> None:
+    result = helm_template(helm, set_values=NETWORK_POLICY)
+    assert result.returncode == 0, result.stderr
+    policy = result.one("NetworkPolicy", "worker")
+    spec = policy["spec"]
+    worker_labels = worker_deployment(result)["spec"]["template"]["metadata"]["labels"]
+    assert spec["podSelector"]["matchLabels"].items() <= worker_labels.items()
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    # Egress: Redis (and the sentinels) on TCP, DNS on UDP and TCP 53, nothing else
+    redis_rule, dns_rule = spec["egress"]
+    assert redis_rule["to"] == [{"podSelector": {"matchLabels": {"app": "redis"}}}]
+    assert redis_rule["ports"] == [{"protocol": "TCP", "port": 6379}, {"protocol": "TCP", "port": 26379}]
+    assert dns_rule["to"] == [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+    ]
+    assert dns_rule["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+    # Ingress: only the health port, only from the monitoring namespace
+    [ingress] = spec["ingress"]
+    assert ingress["from"] == NETWORK_POLICY["networkPolicy.metrics.from"]
+    health_port = int(plain_env(worker_container(result))["CONVEYOR_HEALTH_PORT"])
+    assert ingress["ports"] == [{"protocol": "TCP", "port": health_port}]
+
+
+def test_network_policy_without_metrics_sources_admits_no_ingress(helm: str) -> None:
+    values = {**NETWORK_POLICY, "networkPolicy.metrics.from": []}
+    result = helm_template(helm, set_values=values)
+    assert result.returncode == 0, result.stderr
+    assert result.one("NetworkPolicy", "worker")["spec"]["ingress"] == []
+
+
+@pytest.mark.parametrize("kube", SUPPORTED_KUBERNETES)
+def test_network_policy_is_valid_for_every_kubernetes_we_target(helm: str, kube: str) -> None:
+    result = helm_template(helm, set_values=NETWORK_POLICY, kube_version=f"{kube}.0")
+    assert result.returncode == 0, result.stderr
+    assert kubernetes_validate.validate(result.one("NetworkPolicy"), kube, strict=True) == kube
+
+
+def test_network_policy_needs_somewhere_to_reach_redis(helm: str) -> None:
+    result = helm_template(helm, set_values={"networkPolicy.enabled": True})
+    assert result.returncode != 0
+    assert "networkPolicy.redis.to" in result.stderr or "'/networkPolicy/redis/to'" in result.stderr
+
+
+def test_schema_rejects_a_bad_network_policy_peer(helm: str) -> None:
+    values = {**NETWORK_POLICY, "networkPolicy.redis.to": [{"ipBlock": {"cird": "10.0.0.0/8"}}]}
+    result = helm_template(helm, set_values=values)
+    assert result.returncode != 0
+    assert "cidr" in result.stderr or "cird" in result.stderr

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from conveyor import RedisBackend
+from conveyor.store import Store
+from conveyor_worker.loop import Worker
+from conveyor_worker.metrics import Metrics
+from conveyor_worker.settings import WorkerSettings
 from django.tasks.base import TaskResult
 from django.tasks.signals import task_enqueued
 from django.test import override_settings
 
 from devtools.redis_server import free_port
+from tests.worker.conftest import InProcessWorker
 
 BackendFactory = Callable[..., RedisBackend]
 
@@ -87,3 +94,21 @@ def silent_server() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         sock.listen(16)
         yield int(sock.getsockname()[1])
+
+
+def start_worker(backend: RedisBackend, **overrides: Any) -> InProcessWorker:
+    """Run a worker in this process on the backend's settings, as conveyor-worker would; stop() it."""
+    values: dict[str, Any] = {
+        "worker_id": "w-" + secrets.token_hex(4),
+        "concurrency": 1,
+        "lease": 10.0,
+        "shutdown_timeout": 5.0,
+        "health_port": 0,
+        **overrides,
+    }
+    settings = WorkerSettings(**values)
+    settings = dataclasses.replace(settings, block_seconds=min(settings.block_seconds, settings.lease / 4))
+    store = Store(backend.settings, backend.keys, client_name=f"conveyor-worker:{settings.worker_id}")
+    metrics = Metrics(settings.concurrency)
+    worker = Worker(settings, backend, store, ("tests",), metrics)
+    return InProcessWorker(worker=worker, store=store, metrics=metrics).start()

@@ -17,6 +17,7 @@ from conveyor.exceptions import RedisUnavailable
 
 from devtools.redis_server import find_server_binary, free_port
 from tests import tasks
+from tests.conftest import SAVE_POINTS
 
 from .conftest import BackendFactory
 
@@ -29,7 +30,7 @@ def unix_socket_redis() -> Iterator[Path]:
     workdir = Path(tempfile.mkdtemp(prefix="conveyor-unix-"))
     path = workdir / "redis.sock"
     args = [binary, "--port", "0", "--unixsocket", str(path), "--unixsocketperm", "700"]
-    args += ["--save", "", "--appendonly", "no", "--dir", str(workdir)]
+    args += ["--save", SAVE_POINTS, "--appendonly", "no", "--dir", str(workdir)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
@@ -151,7 +152,7 @@ def tls_redis() -> Iterator[tuple[int, Path]]:
     port = free_port()
     args = [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"]
     args += ["--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert)]
-    args += ["--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--dir", str(workdir)]
+    args += ["--tls-auth-clients", "no", "--save", SAVE_POINTS, "--appendonly", "no", "--dir", str(workdir)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10

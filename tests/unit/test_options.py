@@ -173,8 +173,8 @@ def test_none_means_unset(name: str) -> None:
         ({"KEY_PREFIX": "with space"}, "KEY_PREFIX", "cannot be used"),
         ({"HOST": 127}, "HOST", "wrong type int"),
         ({"URL": 6379}, "URL", "wrong type int"),
-        ({"URL": "http://cache:6379"}, "URL", "redis://, rediss:// or unix://"),
-        ({"URL": "cache:6379"}, "URL", "redis://, rediss:// or unix://"),
+        ({"URL": "http://cache:6379"}, "URL", "redis://, rediss://, unix://, redis+sentinel://"),
+        ({"URL": "cache:6379"}, "URL", "redis://, rediss://, unix://, redis+sentinel://"),
         ({"URL": "redis://cache:notaport/0"}, "URL", "malformed"),
         ({"URL": "redis://[::1"}, "URL", "malformed"),
         ({"URL": "redis://cache:0/0"}, "URL", "out of range"),
@@ -186,6 +186,24 @@ def test_none_means_unset(name: str) -> None:
         ({"URL": "unix://"}, "URL", "socket path"),
         ({"URL": "redis://cache", "HOST": "other"}, "URL", "both set"),
         ({"URL": "redis://cache", "PASSWORD": "pw"}, "URL", "both set"),
+        ({"URL": "redis+sentinel://s1:26379,s2:x/svc"}, "URL", "bad port"),
+        ({"URL": "redis+sentinel://s1:26379"}, "URL", "service name"),
+        ({"URL": "redis+sentinel://s1/svc/zero"}, "URL", "database 'zero'"),
+        ({"URL": "redis+sentinel://s1/svc?db=1"}, "URL", "no query string"),
+        ({"URL": "redis+sentinel://,s2/svc"}, "URL", "no host"),
+        ({"URL": "redis+sentinel://s1/svc", "SERVICE_NAME": "svc"}, "URL", "sentinel URL"),
+        ({"URL": "redis+sentinel://s1/svc", "HOST": "h"}, "URL", "both set"),
+        ({"URL": "redis://cache", "SENTINELS": [["s1", 26379]], "SERVICE_NAME": "svc"}, "URL", "both set"),
+        ({"SENTINELS": [["s1", 26379]]}, "SERVICE_NAME", "without SERVICE_NAME"),
+        ({"SERVICE_NAME": "svc"}, "SENTINELS", "without SENTINELS"),
+        ({"SENTINELS": [], "SERVICE_NAME": "svc"}, "SENTINELS", "non-empty list"),
+        ({"SENTINELS": [["s1", "26379"]], "SERVICE_NAME": "svc"}, "SENTINELS", "(host, port) pairs"),
+        ({"SENTINELS": [["s1", 0]], "SERVICE_NAME": "svc"}, "SENTINELS", "(host, port) pairs"),
+        ({"SENTINELS": ["s1:26379"], "SERVICE_NAME": "svc"}, "SENTINELS", "(host, port) pairs"),
+        ({"SENTINELS": "s1:26379", "SERVICE_NAME": "svc"}, "SENTINELS", "wrong type str"),
+        ({"SENTINELS": [["s1", 26379]], "SERVICE_NAME": "a/b"}, "SERVICE_NAME", "1-128 characters"),
+        ({"SENTINELS": [["s1", 26379]], "SERVICE_NAME": "svc", "HOST": "h"}, "SENTINELS", "HOST/PORT"),
+        ({"SENTINEL_PASSWORD": "pw"}, "SENTINEL_PASSWORD", "Sentinel is not used"),
         ({"NOPE": 1}, "NOPE", "Unknown option 'NOPE'"),
         ({"key_prefix": "lower"}, "key_prefix", "Unknown option"),
     ],
@@ -251,3 +269,55 @@ def test_options_that_are_not_a_dict(raw: Any) -> None:
 def test_non_string_option_key() -> None:
     """Report a non-string key without crashing."""
     assert "1" in problems_of({1: "x"})
+
+
+def test_sentinel_url_is_read_into_sentinel_settings() -> None:
+    """Split a redis+sentinel:// URL into sentinels (26379 by default), service, db, the primary's login."""
+    options, problems = parse_options({"URL": "redis+sentinel://app:p%40ss@s1:26380,s2,[::1]:26381/main/3"})
+
+    assert problems == []
+    assert options.url is None
+    assert options.sentinels == (("s1", 26380), ("s2", 26379), ("::1", 26381))
+    assert (options.service_name, options.db) == ("main", 3)
+    assert (options.username, options.password, options.ssl) == ("app", "p@ss", False)
+    kwargs = options.connection_kwargs()
+    assert "host" not in kwargs and "port" not in kwargs
+    assert (kwargs["db"], kwargs["username"], kwargs["password"]) == (3, "app", "p@ss")
+    assert (
+        options.describe_target()
+        == "primary of sentinel service 'main' via s1:26380,s2:26379,[::1]:26381, db 3"
+    )
+    assert "p@ss" not in options.describe_target() and "p@ss" not in repr(options)
+
+
+def test_sentinel_settings_and_tls_reach_the_sentinels() -> None:
+    """Give the sentinels their own credentials and the TLS settings of a rediss+sentinel:// URL."""
+    options, problems = parse_options(
+        {
+            "URL": "rediss+sentinel://s1/main",
+            "SENTINEL_USERNAME": "watcher",
+            "SENTINEL_PASSWORD": "eyes",
+            "SSL_CA_CERTS": "/ca.pem",
+        }
+    )
+
+    assert problems == []
+    assert options.ssl and options.uses_tls
+    sentinel = options.sentinel_kwargs()
+    assert (sentinel["username"], sentinel["password"]) == ("watcher", "eyes")
+    assert (sentinel["ssl"], sentinel["ssl_ca_certs"]) == (True, "/ca.pem")
+    assert options.connection_kwargs()["ssl_ca_certs"] == "/ca.pem"
+    assert "eyes" not in repr(options)
+
+
+def test_sentinels_option_pairs_are_read() -> None:
+    """Accept SENTINELS as a list of [host, port] lists or tuples, with SERVICE_NAME, DB and PASSWORD."""
+    options, problems = parse_options(
+        {"SENTINELS": [["s1", 26379], ("s2", 26380)], "SERVICE_NAME": "main", "DB": 2, "PASSWORD": "pw"}
+    )
+
+    assert problems == []
+    assert options.url is None
+    assert options.sentinels == (("s1", 26379), ("s2", 26380))
+    assert (options.service_name, options.db, options.password) == ("main", 2, "pw")
+    assert options.sentinel_kwargs() == {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}

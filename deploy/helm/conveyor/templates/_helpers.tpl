@@ -86,6 +86,60 @@ securityContext:
       key: {{ .Values.redis.secretKeys.url }}
 {{- end -}}
 
+{{/* Redis TLS files from existing Secrets (redis.tls): env naming them, the volume, its mount. */}}
+{{- define "conveyor.redisTlsEnv" -}}
+{{- with .Values.redis.tls }}
+{{- if .caSecret }}
+- name: REDIS_SSL_CA_CERTS
+  value: {{ printf "%s/ca.crt" .mountPath | quote }}
+{{- end }}
+{{- if .clientSecret }}
+- name: REDIS_SSL_CERTFILE
+  value: {{ printf "%s/tls.crt" .mountPath | quote }}
+- name: REDIS_SSL_KEYFILE
+  value: {{ printf "%s/tls.key" .mountPath | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Every volume of a Django pod: /tmp, and the Redis TLS files when redis.tls names Secrets. */}}
+{{- define "conveyor.volumes" -}}
+{{ include "conveyor.tmpVolume" . }}
+{{- with .Values.redis.tls }}
+{{- if or .caSecret .clientSecret }}
+- name: redis-tls
+  projected:
+    defaultMode: 0440
+    sources:
+      {{- if .caSecret }}
+      - secret:
+          name: {{ .caSecret }}
+          items:
+            - key: {{ .caKey }}
+              path: ca.crt
+      {{- end }}
+      {{- if .clientSecret }}
+      - secret:
+          name: {{ .clientSecret }}
+          items:
+            - key: {{ .certKey }}
+              path: tls.crt
+            - key: {{ .keyKey }}
+              path: tls.key
+      {{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "conveyor.volumeMounts" -}}
+{{ include "conveyor.tmpMount" . }}
+{{- if or .Values.redis.tls.caSecret .Values.redis.tls.clientSecret }}
+- name: redis-tls
+  mountPath: {{ .Values.redis.tls.mountPath }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
 {{/* Environment every Django container shares. */}}
 {{- define "conveyor.appEnv" -}}
 - name: DJANGO_SETTINGS_MODULE
@@ -93,6 +147,7 @@ securityContext:
 - name: CONVEYOR_KEY_PREFIX
   value: {{ .Values.app.keyPrefix | quote }}
 {{ include "conveyor.redisUrlEnv" . }}
+{{- include "conveyor.redisTlsEnv" . }}
 {{- with .Values.app.env }}
 {{ toYaml . }}
 {{- end }}
