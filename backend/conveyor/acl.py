@@ -77,7 +77,7 @@ def setuser_command(
     prefix: str = "conveyor",
     *,
     user: str = "conveyor",
-    password: str = "CHANGE-ME",
+    password: str = "CHANGE-ME",  # noqa: S107 - a placeholder the docs show, never a real password
     db: int = 0,
     commands: tuple[str, ...] = ACL_COMMANDS,
 ) -> str:
