@@ -26,6 +26,11 @@ class Keys:
         object.__setattr__(self, "tag", "{" + self.prefix + "}")
 
     @property
+    def glob(self) -> str:
+        """Return the pattern matching every key of this backend (for an ACL user's ~pattern)."""
+        return f"{self.tag}:*"
+
+    @property
     def task_prefix(self) -> str:
         """Return the prefix a task id is appended to (scripts receive it in KEYS)."""
         return f"{self.tag}:task:"
