@@ -15,7 +15,7 @@ def helm() -> str:
     found = find_helm()
     if found is None:
         message = (
-            "HELM NOT FOUND (neither .tools/bin/helm nor helm on PATH): THE HELM CHART IS NOT TESTED. "
+            "NO HELM 3 FOUND (neither on PATH nor .tools/bin/helm): THE HELM CHART IS NOT TESTED. "
             "Run deploy/tools/get-helm.sh first (./dev test does)."
         )
         warnings.warn(message, stacklevel=1)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from devtools.toolchain import helm_candidates, run_command, usable_helm
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "conveyor"
@@ -25,11 +25,8 @@ Manifest = dict[str, Any]
 
 
 def find_helm() -> str | None:
-    """Return ./.tools/bin/helm (what deploy/tools/get-helm.sh installs), else helm on PATH."""
-    local = ROOT / ".tools" / "bin" / "helm"
-    if local.is_file() and os.access(local, os.X_OK):
-        return str(local)
-    return shutil.which("helm")
+    """Return the machine's Helm 3 on PATH, else .tools/bin/helm (what deploy/tools/get-helm.sh installs)."""
+    return usable_helm(run_command, helm_candidates())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from devtools.toolchain import compose_candidates, run_command, usable_compose
 
 pytestmark = pytest.mark.deploy
 
@@ -26,7 +29,10 @@ BASE_IMAGE = "python:3.12-slim-bookworm"
 
 @pytest.fixture(scope="module")
 def compose_bin() -> str:
-    """Install (idempotently) and return the Compose v2 binary itself, not a wrapper."""
+    """Return the machine's Compose v2 (`docker compose` or docker-compose), else install our own."""
+    found = usable_compose(run_command, compose_candidates()[:-1])
+    if found is not None:
+        return shlex.join(found)
     proc = subprocess.run(
         ["bash", str(ROOT / "deploy" / "engine" / "get-compose.sh")],
         capture_output=True,
@@ -37,16 +43,23 @@ def compose_bin() -> str:
     assert proc.returncode == 0, f"get-compose.sh failed:\n{proc.stderr}"
     binary = proc.stdout.strip().splitlines()[-1]
     assert os.access(binary, os.X_OK), binary
-    return binary
+    return shlex.quote(binary)
 
 
 def compose(
-    compose_bin: str, *args: str, env_file: Path | str = ENV_EXAMPLE
+    compose_bin: str,
+    *args: str,
+    env_file: Path | str = ENV_EXAMPLE,
+    files: tuple[Path, ...] = (COMPOSE_FILE,),
 ) -> subprocess.CompletedProcess[str]:
-    """Run `docker-compose --env-file ENV -f compose.yaml ARGS` with a clean environment."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "CONVEYOR_", "COMPOSE_"))}
+    """Run `docker compose --env-file ENV -f compose.yaml ARGS` with a clean environment."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO_", "CONVEYOR_", "COMPOSE_", "PROJECT_")) and k != "REDIS_URL"
+    }
     return subprocess.run(
-        [compose_bin, "--env-file", str(env_file), "-f", str(COMPOSE_FILE), *args],
+        [*shlex.split(compose_bin), "--env-file", str(env_file), *(f"-f{f}" for f in files), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -89,7 +102,9 @@ def seconds(duration: str) -> float:
 
 
 def test_config_is_valid_for_compose_v2(compose_bin: str) -> None:
-    version = subprocess.run([compose_bin, "version"], capture_output=True, text=True, check=True)
+    version = subprocess.run(
+        [*shlex.split(compose_bin), "version"], capture_output=True, text=True, check=True
+    )
     assert "v2." in version.stdout
     proc = compose(compose_bin, "config", "-q")
     assert proc.returncode == 0, proc.stderr
@@ -221,6 +236,7 @@ def test_images_build_from_the_repository_dockerfiles(config: dict[str, Any]) ->
         build = services[name]["build"]
         assert Path(build["context"]) == ROOT, name
         assert build["dockerfile"] == dockerfile, name
+        assert build["args"]["PYTHON_IMAGE"] == BASE_IMAGE, name
     assert services["migrate"]["image"] == services["web"]["image"]
 
 
@@ -268,7 +284,9 @@ def test_dockerfile_shape(name: str) -> None:
     steps = instructions(path)
     froms = [args for keyword, args in steps if keyword == "FROM"]
     assert len(froms) >= 2, "multi-stage"
-    assert all(args.split()[0] == BASE_IMAGE for args in froms), froms
+    # Every stage builds on PYTHON_IMAGE, the official image unless a build names the stand-in.
+    assert steps[0] == ("ARG", f"PYTHON_IMAGE={BASE_IMAGE}"), steps[0]
+    assert all(args.split()[0] == "${PYTHON_IMAGE}" for args in froms), froms
     final = steps[max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM") :]
     env = " ".join(args for keyword, args in final if keyword == "ENV")
     assert "PYTHONUNBUFFERED=1" in env
