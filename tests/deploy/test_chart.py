@@ -1115,7 +1115,11 @@ def test_your_project_values_reach_every_django_container(helm: str) -> None:
     # and the migrations Job runs Django's own entry point, not the example's manage.py.
     (job,) = result.of_kind("Job")
     assert container(job["spec"]["template"]["spec"], "migrate")["command"] == [
-        "python", "-m", "django", "migrate", "--noinput",
+        "python",
+        "-m",
+        "django",
+        "migrate",
+        "--noinput",
     ]
     assert result.of_kind("Secret") == []
 
@@ -1124,7 +1128,11 @@ def test_env_from_is_absent_by_default_and_refused_when_malformed(helm: str) -> 
     for _, spec in rendered(helm, web__enabled=True, migrations__enabled=True).pod_specs():
         assert all("envFrom" not in c for c in spec["containers"])
     # A source must name exactly one of secretRef and configMapRef, and each needs a name.
-    for bad in ([{"secretRef": {"name": "a"}, "configMapRef": {"name": "b"}}], [{"secretRef": {}}], [{"prefix": "X_"}]):
+    for bad in (
+        [{"secretRef": {"name": "a"}, "configMapRef": {"name": "b"}}],
+        [{"secretRef": {}}],
+        [{"prefix": "X_"}],
+    ):
         proc = helm_template(helm, [], {"app.envFrom": bad})
         assert proc.returncode != 0, bad
         assert "app.envFrom" in proc.stderr, proc.stderr
