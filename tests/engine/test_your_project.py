@@ -9,6 +9,7 @@ enqueues and then waits for.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -71,43 +72,54 @@ class Deployment:
         return proc.stdout
 
 
-def _conveyor_wheel(dest: Path, work: Path) -> None:
-    """Build django-conveyor's wheel into dest, offline (build backend from the wheelhouse), reproducibly."""
-    source = work / "src"
-    source.mkdir()
-    for name in PACKAGE_FILES:
-        path = ROOT / name
-        if path.is_dir():
-            shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(path, source / name)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--no-index",
-            "--find-links",
-            str(TOOLS / "wheels"),
-            "--wheel-dir",
-            str(dest),
-            str(source),
-        ],
-        capture_output=True,
-        text=True,
-        # A fixed date makes the wheel byte-identical run after run, so the image build stays cached.
-        env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000", "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
-        timeout=300,
-        check=False,
+def _conveyor_wheel(dest: Path) -> None:
+    """Put django-conveyor's wheel into dest: built offline, reproducibly, once per source state."""
+    files = sorted(
+        f
+        for name in PACKAGE_FILES
+        for f in ([ROOT / name] if (ROOT / name).is_file() else (ROOT / name).rglob("*"))
+        if f.is_file() and "__pycache__" not in f.parts and ".egg-info" not in str(f)
     )
-    assert proc.returncode == 0, f"building the conveyor wheel failed:\n{proc.stdout}\n{proc.stderr}"
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes())
+    cache = TOOLS / "engine" / "conveyor-wheel" / digest.hexdigest()[:16]
+    if not list(cache.glob("*.whl")):
+        shutil.rmtree(cache.parent, ignore_errors=True)
+        source = cache.parent / "src"
+        for f in files:
+            (source / f.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, source / f.relative_to(ROOT))
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--no-deps",
+                "--no-index",
+                "--find-links",
+                str(TOOLS / "wheels"),
+                "--wheel-dir",
+                str(cache),
+                str(source),
+            ],
+            capture_output=True,
+            text=True,
+            # A fixed date makes the wheel byte-identical, so the image build stays cached.
+            env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000", "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+            timeout=300,
+            check=False,
+        )
+        assert proc.returncode == 0, f"building the conveyor wheel failed:\n{proc.stdout}\n{proc.stderr}"
+        shutil.rmtree(source)
+    for wheel in cache.glob("*.whl"):
+        os.link(wheel, dest / wheel.name)
 
 
 @pytest.fixture(scope="module")
-def project_image(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> str:
+def project_image(engine: Engine) -> str:
     """Build the project's image from the recipe: the project plus django-conveyor[worker]."""
     # The build context is the project as a user has it, plus a wheelhouse (this engine's
     # containers may have no network; django-conveyor comes from this checkout).
@@ -118,7 +130,7 @@ def project_image(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> s
     wheels.mkdir()
     for wheel in (TOOLS / "wheels").glob("*.whl"):
         os.link(wheel, wheels / wheel.name)
-    _conveyor_wheel(wheels, tmp_path_factory.mktemp("conveyor-wheel"))
+    _conveyor_wheel(wheels)
     proc = subprocess.run(
         [
             "docker",
