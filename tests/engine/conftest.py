@@ -85,7 +85,6 @@ class Engine:
     docker_host: str
     compose_cmd: tuple[str, ...]
     images: BaseImages
-    own: bool  # conveyor's private engine: ours to prune
 
     @property
     def env(self) -> dict[str, str]:
@@ -170,7 +169,7 @@ def _provisioned_engine(config: pytest.Config) -> Iterator[Engine]:
             f"engine {docker_host} ({whose}), base {images.python}, compose {' '.join(compose)}: "
             f"ready in {time.monotonic() - began:.0f}s (log: {PROVISION_LOG})",
         )
-        yield Engine(docker_host=docker_host, compose_cmd=compose, images=images, own=found is None)
+        yield Engine(docker_host=docker_host, compose_cmd=compose, images=images)
     finally:
         if started_here and os.environ.get("CONVEYOR_ENGINE_KEEP") != "1":
             _stop_engine()
@@ -349,7 +348,7 @@ def stack(
         except (ComposeError, subprocess.TimeoutExpired) as exc:
             log_path.write_text(f"could not collect logs: {exc}\n")
         stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "40", timeout=180)
-        # Images replaced by this run's builds (the build cache stays for the next run), on our
-        # own engine only: on the machine's, dangling images may be someone else's.
-        if engine.own:
-            stack.docker("image", "prune", "--force")
+        # Images of this project replaced by this run's builds (compose labels what it builds); no
+        # other image, on the machine's engine someone else's, and not the cached stages of
+        # test_your_project.py's build.
+        stack.docker("image", "prune", "--force", "--filter", f"label=com.docker.compose.project={PROJECT}")
