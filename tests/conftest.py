@@ -19,30 +19,54 @@ ROOT = Path(__file__).resolve().parent.parent
 # (docs/production.md); no test lives long enough to reach one.
 SAVE_POINTS = "3600 1"
 _started: list[RedisProcess] = []
+_containers: list[Any] = []
 
 
 def _docker_redis_url() -> str | None:
-    """Start Redis with testcontainers when a Docker engine answers and has the image."""
+    """Start Redis with testcontainers on the Docker engine that answers (DOCKER_HOST or the default socket).
+
+    The image is the official redis:7 when the engine has or can pull it, else the stand-in that
+    deploy/engine/base-images.sh builds (or CONVEYOR_TEST_REDIS_IMAGE).
+    """
     try:
-        from testcontainers.redis import RedisContainer  # type: ignore[import-not-found]
+        from testcontainers.community.redis import RedisContainer  # type: ignore[import-not-found]
+        from testcontainers.core.config import testcontainers_config  # type: ignore[import-not-found]
     except ImportError:
         return None
+    from devtools.toolchain import existing_engine, image_available, redis_image, run_command
+
+    docker_host = existing_engine(run_command, os.environ)
+    if docker_host is None:
+        return None
+    image = os.environ.get("CONVEYOR_TEST_REDIS_IMAGE") or redis_image(
+        run_command, docker_host, pull_timeout=30
+    )
+    if image is None:
+        print(f"conveyor tests: {docker_host} has no Redis image and pulls none; using a local binary")
+        return None
+    os.environ["DOCKER_HOST"] = docker_host  # where testcontainers looks for the engine
+    # Its reaper is an image of its own; without it this session stops the container itself.
+    reaper = image_available(run_command, docker_host, testcontainers_config.ryuk_image, pull_timeout=30)
+    testcontainers_config.ryuk_disabled = testcontainers_config.ryuk_disabled or not reaper
     try:
-        container = RedisContainer(os.environ.get("CONVEYOR_TEST_REDIS_IMAGE", "redis:7"))
+        container = RedisContainer(image)
         container.start()
-    except Exception as exc:  # no engine, or no image offline: use a local binary instead
+    except Exception as exc:  # the engine refused: use a local binary instead
         print(f"conveyor tests: Docker not usable for Redis ({exc}); using a local binary")
         return None
+    _containers.append(container)
     host = container.get_container_host_ip()
     port = container.get_exposed_port(6379)
     return f"redis://{host}:{port}/0"
 
 
 def resolve_redis_url() -> str:
-    """Return the session's Redis: REDIS_URL, else Docker, else a binary we start."""
+    """Return the session's Redis: REDIS_URL, else CONVEYOR_REDIS_SERVER, else Docker, else a binary."""
     if os.environ.get("REDIS_URL"):
         return os.environ["REDIS_URL"]
-    url = _docker_redis_url()
+    # An explicitly named server binary (./dev test runs the tiers against Redis, then Valkey) wins
+    # over a container, which would test redis:7 both times.
+    url = None if os.environ.get("CONVEYOR_REDIS_SERVER") else _docker_redis_url()
     if url:
         return url
     binary = find_server_binary()
@@ -69,13 +93,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    binary = _started[0].version() if _started else "external"
+    binary = _started[0].version() if _started else (_containers[0].image if _containers else "external")
     return f"conveyor redis: {os.environ.get('CONVEYOR_TEST_REDIS_URL')} ({binary})"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     for server in _started:
         server.stop()
+    for container in _containers:
+        container.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Build the two base images the Dockerfiles and compose.yaml name, locally and offline, and import
-# them into conveyor's engine under the same tags Docker Hub uses:
+# Build stand-ins for the two base images the Dockerfiles and compose.yaml name, locally and
+# offline, and import them into the engine at $DOCKER_HOST (conveyor's own unless
+# CONVEYOR_DOCKER_HOST names another) under tags of their own, so an official tag never names one:
 #
-#   python:3.12-slim-bookworm   Debian 12 minbase (debootstrap from this machine's apt mirror)
-#                               + the host's CPython 3.12 build copied to /usr/local
-#   redis:7                     the same Debian 12 + Debian's redis-server 7.0 package
+#   conveyor-local/python:3.12-slim-bookworm   Debian 12 minbase (debootstrap from this machine's
+#                                              apt mirror) + the host's CPython 3.12 build in /usr/local
+#   conveyor-local/redis:7                     the same Debian 12 + Debian's redis-server 7.0 package
+#
+# The builds pick them with --build-arg PYTHON_IMAGE=... (compose: CONVEYOR_PYTHON_IMAGE and
+# CONVEYOR_REDIS_IMAGE); devtools/toolchain.py decides between them and the official images.
 #
 # This exists only because no container registry is reachable here; with a registry the
 # official images are pulled and this script is not needed. Both root filesystems are cached as
@@ -15,8 +19,8 @@
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-PYTHON_TAG="python:3.12-slim-bookworm"
-REDIS_TAG="redis:7"
+PYTHON_TAG="conveyor-local/python:3.12-slim-bookworm"
+REDIS_TAG="conveyor-local/redis:7"
 SUITE="bookworm"
 LABEL_KEY="dev.conveyor.rootfs-key"
 
@@ -158,7 +162,8 @@ import_image() {
 
 main() {
   require_root
-  engine_running || die "conveyor's engine is not running (deploy/engine/engine.sh start)"
+  docker version --format '{{.Server.Version}}' >/dev/null 2>&1 ||
+    die "no Docker engine answers at $DOCKER_HOST (deploy/engine/engine.sh start)"
   PYTHON_PREFIX="$(find_python_prefix)"
   [ -n "$PYTHON_PREFIX" ] || die "no CPython 3.12 build found (set CONVEYOR_PYTHON_PREFIX)"
   MIRROR="$(debian_mirror)"
@@ -200,8 +205,9 @@ main() {
     --change "EXPOSE 6379" \
     --change 'ENTRYPOINT ["docker-entrypoint.sh"]' \
     --change 'CMD ["redis-server"]'
-  # The images these tags named before (this engine's only) are not needed any more.
-  docker image prune --force >/dev/null
+  # The images these tags named before are not needed any more; pruning is for our own engine
+  # only, never for one that holds someone else's images.
+  if [ "$DOCKER_HOST" = "$ENGINE_HOST" ]; then docker image prune --force >/dev/null; fi
   docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' "$PYTHON_TAG" >&2
   docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' "$REDIS_TAG" >&2
 }

@@ -22,7 +22,10 @@ ENGINE_BRIDGE_CIDR="${CONVEYOR_ENGINE_BRIDGE_CIDR:-172.31.250.1/24}"
 ENGINE_ADDRESS_POOL="${CONVEYOR_ENGINE_ADDRESS_POOL:-172.31.0.0/17}"
 ENGINE_LOG="$TOOLS_DIR/engine/dockerd.log"
 
-export DOCKER_HOST="unix://$ENGINE_SOCKET"
+ENGINE_HOST="unix://$ENGINE_SOCKET"
+# The engine base-images.sh imports into: conveyor's own, or the machine's engine when the engine
+# tier found one that answers (it passes its address as CONVEYOR_DOCKER_HOST).
+export DOCKER_HOST="${CONVEYOR_DOCKER_HOST:-$ENGINE_HOST}"
 
 log() {
   printf '[conveyor-engine] %s\n' "$*" >&2

@@ -12,6 +12,8 @@
 # but containers get no route out. Images are built offline (see base-images.sh, wheelhouse.sh).
 # shellcheck source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+# This script only ever talks to the engine it starts.
+export DOCKER_HOST="$ENGINE_HOST"
 
 start_engine() {
   require_root
@@ -32,7 +34,9 @@ start_engine() {
 
   log "starting dockerd ($DOCKER_HOST, data-root $ENGINE_DATA_ROOT, log $ENGINE_LOG)"
   # setsid: the engine outlives this script and the pytest process that called it; it is
-  # stopped by `engine.sh stop`, which reads the pid file.
+  # stopped by `engine.sh stop`, which reads the pid file. 9>&-: it must not inherit
+  # provision.sh's lock, or the lock is held for as long as the engine runs and the next
+  # provision.sh (CONVEYOR_ENGINE_KEEP=1) waits for it in vain.
   setsid dockerd \
     --data-root "$ENGINE_DATA_ROOT" \
     --exec-root "$ENGINE_EXEC_ROOT" \
@@ -46,7 +50,7 @@ start_engine() {
     --storage-driver overlay2 \
     --log-driver json-file \
     --log-opt max-size=10m \
-    >"$ENGINE_LOG" 2>&1 </dev/null &
+    >"$ENGINE_LOG" 2>&1 </dev/null 9>&- &
 
   local deadline=$((SECONDS + 60))
   until docker version --format '{{.Server.Version}}' >/dev/null 2>&1; do

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from devtools.toolchain import helm_candidates, run_command, usable_helm
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "conveyor"
@@ -30,19 +30,8 @@ HELM_BINARIES = {"3": "helm", "4": "helm4"}
 
 
 def find_helm(major: str = "3") -> str | None:
-    """Return ./.tools/bin/helm or helm4 (what deploy/tools/get-helm.sh installs), else that name on PATH.
-
-    A binary found on PATH counts only if `version` says it is of that major.
-    """
-    name = HELM_BINARIES[major]
-    local = ROOT / ".tools" / "bin" / name
-    if local.is_file() and os.access(local, os.X_OK):
-        return str(local)
-    found = shutil.which(name)
-    if found is None:
-        return None
-    proc = subprocess.run([found, "version", "--short"], capture_output=True, text=True, check=False)
-    return found if proc.stdout.startswith(f"v{major}.") else None
+    """Return the machine's Helm of that major on PATH, else .tools/bin/helm or helm4 (get-helm.sh's)."""
+    return usable_helm(run_command, helm_candidates(HELM_BINARIES[major]), int(major))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

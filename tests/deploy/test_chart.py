@@ -1248,3 +1248,59 @@ def test_schema_rejects_a_bad_network_policy_peer(helm: str) -> None:
     result = helm_template(helm, set_values=values)
     assert result.returncode != 0
     assert "cidr" in result.stderr or "cird" in result.stderr
+
+
+# -- your own project (docs/your-project.md) ---------------------------------------------------------
+
+
+def test_your_project_values_reach_every_django_container(helm: str) -> None:
+    # Given the values docs/your-project.md shows for a project that is not the example,
+    result = rendered(helm, ci("your-project"))
+    pods = dict(result.pod_specs())
+    # then each workload runs the project's image,
+    images = {c["image"] for spec in pods.values() for c in spec["containers"]}
+    assert images == {"registry.example.com/mysite-worker:1.4.2", "registry.example.com/mysite-web:1.4.2"}
+    # every Django container (worker, exporter, web, migrations) has the project's settings module,
+    # the Redis URL from the project's Secret and its whole Secrets and ConfigMaps,
+    django_containers = [c for spec in pods.values() for c in spec["containers"] if c["name"] != "redis-ping"]
+    assert len(django_containers) == 4
+    for c in django_containers:
+        assert plain_env(c)["DJANGO_SETTINGS_MODULE"] == "mysite.settings.production", c["name"]
+        assert plain_env(c)["CONVEYOR_KEY_PREFIX"] == "mysite", c["name"]
+        [redis_url] = [e for e in c["env"] if e["name"] == "REDIS_URL"]
+        assert redis_url["valueFrom"]["secretKeyRef"] == {"name": "mysite-redis", "key": "url"}, c["name"]
+        [secret_key] = [e for e in c["env"] if e["name"] == "DJANGO_SECRET_KEY"]
+        assert secret_key["valueFrom"]["secretKeyRef"]["name"] == "mysite-django", c["name"]
+        assert c["envFrom"] == [
+            {"configMapRef": {"name": "mysite-config"}},
+            {"secretRef": {"name": "mysite-env", "optional": True}},
+        ], c["name"]
+    # the worker serves the project's queues and runs only its task modules,
+    env = plain_env(worker_container(result))
+    assert env["CONVEYOR_QUEUES"] == "default,billing"
+    assert env["CONVEYOR_ALLOWED_TASK_MODULES"] == "invoices.tasks,mysite.tasks"
+    # and the migrations Job runs Django's own entry point, not the example's manage.py.
+    (job,) = result.of_kind("Job")
+    assert container(job["spec"]["template"]["spec"], "migrate")["command"] == [
+        "python",
+        "-m",
+        "django",
+        "migrate",
+        "--noinput",
+    ]
+    assert result.of_kind("Secret") == []
+
+
+def test_env_from_is_absent_by_default_and_refused_when_malformed(helm: str) -> None:
+    for _, spec in rendered(helm, web__enabled=True, migrations__enabled=True).pod_specs():
+        assert all("envFrom" not in c for c in spec["containers"])
+    # A source must name exactly one of secretRef and configMapRef, and each needs a name.
+    for bad in (
+        [{"secretRef": {"name": "a"}, "configMapRef": {"name": "b"}}],
+        [{"secretRef": {}}],
+        [{"prefix": "X_"}],
+    ):
+        proc = helm_template(helm, [], {"app.envFrom": bad})
+        assert proc.returncode != 0, bad
+        # Helm 3 names the value app.envFrom, Helm 4 by its JSON pointer '/app/envFrom/0'
+        assert "app.envFrom" in proc.stderr or "'/app/envFrom" in proc.stderr, proc.stderr

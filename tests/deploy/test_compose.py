@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from devtools.toolchain import compose_candidates, run_command, usable_compose
+
 pytestmark = pytest.mark.deploy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,12 +24,17 @@ COMPOSE_DIR = ROOT / "deploy" / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"
 ENV_EXAMPLE = COMPOSE_DIR / ".env.example"
 DOCKERFILES = ["Dockerfile.web", "Dockerfile.worker"]
+RECIPE = "deploy/recipes/Dockerfile.myproject"
+YOUR_PROJECT_FILE = COMPOSE_DIR / "compose.your-project.yaml"
 BASE_IMAGE = "python:3.12-slim-bookworm"
 
 
 @pytest.fixture(scope="module")
 def compose_bin() -> str:
-    """Install (idempotently) and return the Compose v2 binary itself, not a wrapper."""
+    """Return the machine's Compose v2 (`docker compose` or docker-compose), else install our own."""
+    found = usable_compose(run_command, compose_candidates()[:-1])
+    if found is not None:
+        return shlex.join(found)
     proc = subprocess.run(
         ["bash", str(ROOT / "deploy" / "engine" / "get-compose.sh")],
         capture_output=True,
@@ -37,16 +45,23 @@ def compose_bin() -> str:
     assert proc.returncode == 0, f"get-compose.sh failed:\n{proc.stderr}"
     binary = proc.stdout.strip().splitlines()[-1]
     assert os.access(binary, os.X_OK), binary
-    return binary
+    return shlex.quote(binary)
 
 
 def compose(
-    compose_bin: str, *args: str, env_file: Path | str = ENV_EXAMPLE
+    compose_bin: str,
+    *args: str,
+    env_file: Path | str = ENV_EXAMPLE,
+    files: tuple[Path, ...] = (COMPOSE_FILE,),
 ) -> subprocess.CompletedProcess[str]:
-    """Run `docker-compose --env-file ENV -f compose.yaml ARGS` with a clean environment."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "CONVEYOR_", "COMPOSE_"))}
+    """Run `docker compose --env-file ENV -f compose.yaml ARGS` with a clean environment."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO_", "CONVEYOR_", "COMPOSE_", "PROJECT_")) and k != "REDIS_URL"
+    }
     return subprocess.run(
-        [compose_bin, "--env-file", str(env_file), "-f", str(COMPOSE_FILE), *args],
+        [*shlex.split(compose_bin), "--env-file", str(env_file), *(f"-f{f}" for f in files), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -89,7 +104,9 @@ def seconds(duration: str) -> float:
 
 
 def test_config_is_valid_for_compose_v2(compose_bin: str) -> None:
-    version = subprocess.run([compose_bin, "version"], capture_output=True, text=True, check=True)
+    version = subprocess.run(
+        [*shlex.split(compose_bin), "version"], capture_output=True, text=True, check=True
+    )
     assert "v2." in version.stdout
     proc = compose(compose_bin, "config", "-q")
     assert proc.returncode == 0, proc.stderr
@@ -221,6 +238,7 @@ def test_images_build_from_the_repository_dockerfiles(config: dict[str, Any]) ->
         build = services[name]["build"]
         assert Path(build["context"]) == ROOT, name
         assert build["dockerfile"] == dockerfile, name
+        assert build["args"]["PYTHON_IMAGE"] == BASE_IMAGE, name
     assert services["migrate"]["image"] == services["web"]["image"]
 
 
@@ -253,7 +271,7 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
     return result
 
 
-@pytest.mark.parametrize("name", DOCKERFILES)
+@pytest.mark.parametrize("name", [*DOCKERFILES, RECIPE])
 def test_hadolint_clean(name: str) -> None:
     proc = subprocess.run(
         [hadolint_binary(), "--no-color", str(ROOT / name)], capture_output=True, text=True, check=False
@@ -268,7 +286,9 @@ def test_dockerfile_shape(name: str) -> None:
     steps = instructions(path)
     froms = [args for keyword, args in steps if keyword == "FROM"]
     assert len(froms) >= 2, "multi-stage"
-    assert all(args.split()[0] == BASE_IMAGE for args in froms), froms
+    # Every stage builds on PYTHON_IMAGE, the official image unless a build names the stand-in.
+    assert steps[0] == ("ARG", f"PYTHON_IMAGE={BASE_IMAGE}"), steps[0]
+    assert all(args.split()[0] == "${PYTHON_IMAGE}" for args in froms), froms
     final = steps[max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM") :]
     env = " ".join(args for keyword, args in final if keyword == "ENV")
     assert "PYTHONUNBUFFERED=1" in env
@@ -315,3 +335,98 @@ def test_dockerignore_is_an_allow_list() -> None:
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     assert {"pyproject.toml", "backend", "worker", "example"} <= allowed
     assert not allowed & {".git", ".venv", "tests", ".tools", "deploy"}
+
+
+# --- your own project (docs/your-project.md) -----------------------------------------------------
+
+
+def test_recipe_builds_a_worker_image_of_any_project() -> None:
+    steps = instructions(ROOT / RECIPE)
+    assert steps[0] == ("ARG", f"PYTHON_IMAGE={BASE_IMAGE}")
+    froms = [args for keyword, args in steps if keyword == "FROM"]
+    assert len(froms) == 2 and all(f.split()[0] == "${PYTHON_IMAGE}" for f in froms), froms
+    final = steps[max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM") :]
+    build = " ".join(args for keyword, args in steps if keyword == "RUN")
+    # The project's own requirements (which list django-conveyor[worker]), nothing of this repository.
+    assert "pip install -r requirements.txt" in build
+    assert "example" not in (ROOT / RECIPE).read_text().split("ARG PYTHON_IMAGE")[1]
+    env = " ".join(args for keyword, args in final if keyword == "ENV")
+    assert "PYTHONPATH=/app" in env and "DJANGO_SETTINGS_MODULE=${DJANGO_SETTINGS_MODULE}" in env
+    assert ("ARG", "DJANGO_SETTINGS_MODULE=mysite.settings") in final
+    assert [args for keyword, args in final if keyword == "USER"] == ["10001:10001"]
+    assert [json.loads(args) for keyword, args in final if keyword == "ENTRYPOINT"] == [["conveyor-worker"]]
+    assert any("/livez" in args for keyword, args in final if keyword == "HEALTHCHECK")
+    # Secrets come at run time: no ENV or ARG of the final image names one.
+    for keyword, args in final:
+        if keyword in ("ENV", "ARG"):
+            assert not re.search(r"SECRET|PASSWORD|REDIS_URL", args), args
+
+
+@pytest.fixture(scope="module")
+def your_project_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("compose") / "your-project.env"
+    path.write_text(
+        "PROJECT_IMAGE=registry.example.com/mysite-worker:1.4.2\n"
+        "PROJECT_SETTINGS_MODULE=mysite.settings\n"
+        "PROJECT_QUEUES=default,billing\n"
+        "PROJECT_TASK_MODULES=invoices.tasks,mysite.tasks\n"
+        "DJANGO_SECRET_KEY=test-only\n"
+    )
+    return path
+
+
+def test_your_project_override_runs_your_image(compose_bin: str, your_project_env: Path) -> None:
+    proc = compose(
+        compose_bin,
+        "config",
+        "--format",
+        "json",
+        env_file=your_project_env,
+        files=(COMPOSE_FILE, YOUR_PROJECT_FILE),
+    )
+    assert proc.returncode == 0, proc.stderr
+    services = json.loads(proc.stdout)["services"]
+    # The example web app is left out; Redis is the stack's own.
+    assert set(services) == {"redis", "migrate", "worker"}
+    for name in ("migrate", "worker"):
+        service = services[name]
+        assert "build" not in service, name
+        assert service["image"] == "registry.example.com/mysite-worker:1.4.2", name
+        env = service["environment"]
+        assert env["DJANGO_SETTINGS_MODULE"] == "mysite.settings", name
+        assert env["REDIS_URL"] == "redis://redis:6379/0", name
+        assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
+    assert services["migrate"]["entrypoint"] == ["python"]
+    assert services["migrate"]["command"] == ["-m", "django", "migrate", "--noinput"]
+    worker = services["worker"]
+    assert worker.get("entrypoint") is None and worker.get("command") is None  # the image's conveyor-worker
+    assert worker["environment"]["CONVEYOR_QUEUES"] == "default,billing"
+    assert worker["environment"]["CONVEYOR_ALLOWED_TASK_MODULES"] == "invoices.tasks,mysite.tasks"
+    assert (
+        seconds(worker["stop_grace_period"]) >= float(worker["environment"]["CONVEYOR_SHUTDOWN_TIMEOUT"]) + 5
+    )
+
+
+def test_your_project_override_takes_redis_url_from_the_env_file_and_requires_its_settings(
+    compose_bin: str, your_project_env: Path, tmp_path: Path
+) -> None:
+    with_url = tmp_path / "with-url.env"
+    with_url.write_text(your_project_env.read_text() + "REDIS_URL=redis://:s3cret@redis.internal:6379/0\n")
+    proc = compose(
+        compose_bin, "config", "--format", "json", env_file=with_url, files=(COMPOSE_FILE, YOUR_PROJECT_FILE)
+    )
+    assert proc.returncode == 0, proc.stderr
+    worker = json.loads(proc.stdout)["services"]["worker"]
+    assert worker["environment"]["REDIS_URL"] == "redis://:s3cret@redis.internal:6379/0"
+    for required in ("PROJECT_IMAGE", "PROJECT_SETTINGS_MODULE", "PROJECT_TASK_MODULES"):
+        missing = tmp_path / f"no-{required}.env"
+        missing.write_text(
+            "".join(
+                line + "\n"
+                for line in your_project_env.read_text().splitlines()
+                if not line.startswith(required)
+            )
+        )
+        proc = compose(compose_bin, "config", "-q", env_file=missing, files=(COMPOSE_FILE, YOUR_PROJECT_FILE))
+        assert proc.returncode != 0, required
+        assert required in proc.stderr, proc.stderr

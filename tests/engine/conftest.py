@@ -1,7 +1,10 @@
-"""Fixtures of the engine tier: conveyor's own Docker engine and the compose stack running on it.
+"""Fixtures of the engine tier: a Docker engine, the compose stack on it, and a project's own image.
 
-The engine and the base images are provisioned by deploy/engine/provision.sh. When that is not
-possible the tier FAILS with the reason, unless CONVEYOR_ENGINE_OPTIONAL=1, in which case it is
+The engine is the machine's when one answers (DOCKER_HOST, else /var/run/docker.sock), else
+conveyor's own, started by deploy/engine/provision.sh; the builds use the official base images
+when the engine has or can pull them, else the stand-ins base-images.sh builds; Compose is the
+machine's v2 when there is one (devtools/toolchain.py decides each). When what is missing cannot be
+provisioned the tier FAILS with the reason, unless CONVEYOR_ENGINE_OPTIONAL=1, in which case it is
 skipped with a loud message (and only this tier).
 """
 
@@ -13,6 +16,7 @@ import os
 import secrets
 import shlex
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,13 +29,25 @@ from typing import IO, Any
 import pytest
 
 from devtools.redis_server import free_port
+from devtools.toolchain import (
+    BaseImages,
+    choose_base_images,
+    compose_candidates,
+    existing_engine,
+    run_command,
+    usable_compose,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE_DIR = ROOT / "deploy" / "engine"
 COMPOSE_FILE = ROOT / "deploy" / "compose" / "compose.yaml"
 TOOLS = ROOT / ".tools"
+PROVISION_LOG = TOOLS / "engine" / "provision.log"
 PROJECT = "conveyor-e2e"
-LOCK_PATH = Path("/run/conveyor-engine-tier.lock")
+# Machine-wide: /run when we may write there (root), else the temporary directory.
+LOCK_PATH = (
+    Path("/run" if os.access("/run", os.W_OK) else tempfile.gettempdir()) / "conveyor-engine-tier.lock"
+)
 LOCK_TIMEOUT = 1200
 PROVISION_TIMEOUT = 1200  # cold: debootstrap + apt in a chroot; warm: seconds
 UP_TIMEOUT = 900  # cold: two image builds; warm: cached layers
@@ -64,10 +80,11 @@ def _unavailable(config: pytest.Config, reason: str) -> None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Engine:
-    """conveyor's private Docker engine and the Compose binary that drives it."""
+    """The Docker engine in use, the Compose command that drives it and the base images to build on."""
 
     docker_host: str
-    compose_bin: str
+    compose_cmd: tuple[str, ...]
+    images: BaseImages
 
     @property
     def env(self) -> dict[str, str]:
@@ -79,10 +96,8 @@ class Engine:
 
 @pytest.fixture(scope="session")
 def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
-    """Provision the engine (and stop it at the end if this session started it)."""
+    """Find or provision the engine (and stop it at the end if this session started it)."""
     config = request.config
-    if os.geteuid() != 0:
-        _unavailable(config, "provisioning needs root (dockerd, debootstrap, chroot); this is not root")
     # One engine-tier session at a time on this machine: they share the engine, the project name
     # and the published port range, and the session that started the engine stops it.
     lock = _session_lock(config)
@@ -117,38 +132,76 @@ def _session_lock(config: pytest.Config) -> IO[str]:
 
 
 def _provisioned_engine(config: pytest.Config) -> Iterator[Engine]:
-    started_here = (
-        subprocess.run(
-            ["bash", str(ENGINE_DIR / "engine.sh"), "status"], capture_output=True, check=False
-        ).returncode
-        != 0
-    )
-    log_path = TOOLS / "engine" / "provision.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    """Use the machine's engine and Compose when they answer; provision what is missing."""
     began = time.monotonic()
+    PROVISION_LOG.parent.mkdir(parents=True, exist_ok=True)
+    PROVISION_LOG.write_text("")
+    found = existing_engine(run_command, os.environ)
+    started_here = False
+    if found is None:
+        _require_root(config, "starting conveyor's own engine")
+        started_here = (
+            subprocess.run(
+                ["bash", str(ENGINE_DIR / "engine.sh"), "status"], capture_output=True, check=False
+            ).returncode
+            != 0
+        )
+        _provision(config, ["engine"], {}, stop_on_failure=started_here)
+    docker_host = found or _docker_host()
     try:
-        with log_path.open("w") as log:
-            proc = subprocess.run(
-                ["bash", str(ENGINE_DIR / "provision.sh")],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=PROVISION_TIMEOUT,
-                check=False,
-            )
-        failure = None if proc.returncode == 0 else f"provision.sh exited {proc.returncode}"
-    except subprocess.TimeoutExpired:
-        failure = f"provision.sh took longer than {PROVISION_TIMEOUT}s"
-    if failure is not None:
-        tail = "\n".join(log_path.read_text().splitlines()[-25:])
-        if started_here:
-            _stop_engine()
-        _unavailable(config, f"{failure}; last lines of {log_path}:\n{tail}")
-    _loud(config, f"conveyor engine provisioned in {time.monotonic() - began:.0f}s (log: {log_path})")
-    try:
-        yield Engine(docker_host=_docker_host(), compose_bin=str(TOOLS / "bin" / "docker-compose"))
+        images = choose_base_images(run_command, docker_host)
+        compose = usable_compose(run_command, compose_candidates()[:-1])
+        steps = [
+            *([] if images.official else ["base-images"]),
+            "wheelhouse",
+            *([] if compose else ["compose"]),
+        ]
+        if not images.official:
+            _require_root(config, "building the stand-in base images (no registry answered)")
+        # base-images.sh imports into the machine's engine when we use that one.
+        _provision(
+            config, steps, {"CONVEYOR_DOCKER_HOST": docker_host} if found else {}, stop_on_failure=False
+        )
+        compose = compose or (str(TOOLS / "bin" / "docker-compose"),)
+        whose = "the machine's" if found else "conveyor's own"
+        _loud(
+            config,
+            f"engine {docker_host} ({whose}), base {images.python}, compose {' '.join(compose)}: "
+            f"ready in {time.monotonic() - began:.0f}s (log: {PROVISION_LOG})",
+        )
+        yield Engine(docker_host=docker_host, compose_cmd=compose, images=images)
     finally:
         if started_here and os.environ.get("CONVEYOR_ENGINE_KEEP") != "1":
             _stop_engine()
+
+
+def _require_root(config: pytest.Config, what: str) -> None:
+    if os.geteuid() != 0:
+        _unavailable(config, f"{what} needs root (dockerd, debootstrap, chroot); this is not root")
+
+
+def _provision(
+    config: pytest.Config, steps: list[str], env: dict[str, str], *, stop_on_failure: bool
+) -> None:
+    """Run provision.sh STEPS (log appended to .tools/engine/provision.log); fail or skip with its tail."""
+    try:
+        with PROVISION_LOG.open("a") as log:
+            proc = subprocess.run(
+                ["bash", str(ENGINE_DIR / "provision.sh"), *steps],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env},
+                timeout=PROVISION_TIMEOUT,
+                check=False,
+            )
+        failure = None if proc.returncode == 0 else f"provision.sh {' '.join(steps)} exited {proc.returncode}"
+    except subprocess.TimeoutExpired:
+        failure = f"provision.sh {' '.join(steps)} took longer than {PROVISION_TIMEOUT}s"
+    if failure is not None:
+        tail = "\n".join(PROVISION_LOG.read_text().splitlines()[-25:])
+        if stop_on_failure:
+            _stop_engine()
+        _unavailable(config, f"{failure}; last lines of {PROVISION_LOG}:\n{tail}")
 
 
 def _docker_host() -> str:
@@ -185,7 +238,7 @@ class Stack:
     def compose(self, *args: str, timeout: float = 120) -> str:
         """Run docker-compose on the stack; return stdout, raise with the output on failure."""
         cmd = [
-            self.engine.compose_bin,
+            *self.engine.compose_cmd,
             "--project-name",
             PROJECT,
             "--env-file",
@@ -274,6 +327,8 @@ def stack(
         f"DJANGO_SECRET_KEY={secrets.token_urlsafe(50)}\n"
         f"WEB_PORT={web_port}\n"
         "CONVEYOR_WHEELHOUSE=.tools/wheels\n"
+        f"CONVEYOR_PYTHON_IMAGE={engine.images.python}\n"
+        f"CONVEYOR_REDIS_IMAGE={engine.images.redis}\n"
         "CONVEYOR_CONCURRENCY=4\n"
         "CONVEYOR_SHUTDOWN_TIMEOUT=25\n"
         "CONVEYOR_STOP_GRACE_PERIOD=35s\n"
@@ -293,5 +348,7 @@ def stack(
         except (ComposeError, subprocess.TimeoutExpired) as exc:
             log_path.write_text(f"could not collect logs: {exc}\n")
         stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "40", timeout=180)
-        # Images replaced by this run's builds (the build cache stays for the next run).
-        stack.docker("image", "prune", "--force")
+        # Images of this project replaced by this run's builds (compose labels what it builds); no
+        # other image, on the machine's engine someone else's, and not the cached stages of
+        # test_your_project.py's build.
+        stack.docker("image", "prune", "--force", "--filter", f"label=com.docker.compose.project={PROJECT}")
