@@ -15,7 +15,7 @@ from .drain import drain
 from .executor import Executor
 from .leases import LeaseKeeper
 from .lifecycle import Heartbeat, Lifecycle, State
-from .maintenance import Maintenance, claim_project
+from .maintenance import Maintenance, claim_project, report_durability
 from .metrics import Metrics
 from .pacing import Pacer
 from .pipeline import ClaimPipeline
@@ -178,7 +178,7 @@ class Worker:
                 worker_id=self.worker_id,
             ):
                 self.registry.start()  # only once this project owns the prefix
-                self._report_durability()
+                report_durability(self.store, self.worker_id)
                 self.lifecycle.start()
                 with contextlib.suppress(RedisUnavailable):  # the loop below reports it and retries
                     self.maintenance.refresh_queues()  # so the processors know where to claim from the start
@@ -202,26 +202,6 @@ class Worker:
             self.coroutines.shutdown()
             self.recorder.close()
         return self.lifecycle.exit_code
-
-    def _report_durability(self) -> None:
-        """Log once, at start, a Redis that would lose tasks silently (eviction, no persistence)."""
-        try:
-            durability = self.store.durability()
-        except ConveyorError:
-            return  # the loop reports Redis trouble itself
-        extra = {"worker_id": self.worker_id}
-        if durability is None:
-            logger.info(
-                "could not verify redis eviction and persistence (CONFIG GET refused)",
-                extra={**extra, "event": "redis_durability_unverified"},
-            )
-        elif risks := durability.risks():
-            reason = "; ".join(risks)
-            logger.warning(
-                "redis may lose tasks without an error: %s",
-                reason,
-                extra={**extra, "event": "redis_durability_risk", "reason": reason},
-            )
 
     def _serve(self) -> None:
         """Run one processor on the calling thread (Processors calls this once per thread)."""

@@ -204,3 +204,24 @@ def claim_project(
         lifecycle.redis_ok = True
         return True
     return True  # stopped before Redis answered: the run loop ends at once
+
+
+def report_durability(store: Store, worker_id: str) -> None:
+    """Log once, at start, a Redis that would lose tasks silently (eviction, no persistence)."""
+    try:
+        durability = store.durability()
+    except ConveyorError:
+        return  # the loop reports Redis trouble itself
+    extra = {"worker_id": worker_id}
+    if durability is None:
+        logger.info(
+            "could not verify redis eviction and persistence (CONFIG GET refused)",
+            extra={**extra, "event": "redis_durability_unverified"},
+        )
+    elif risks := durability.risks():
+        reason = "; ".join(risks)
+        logger.warning(
+            "redis may lose tasks without an error: %s",
+            reason,
+            extra={**extra, "event": "redis_durability_risk", "reason": reason},
+        )
