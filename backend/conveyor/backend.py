@@ -223,17 +223,8 @@ class RedisBackend(BaseTaskBackend):
         """Validate and encode; nothing is written and no signal sent if this raises."""
         self._require_valid_options()
         self._validate_once(task)
-        enqueued_micros = time.time_ns() // 1000
-        result, args_json, kwargs_json = self._encode(task, args, kwargs, codec.from_micros(enqueued_micros))
-        fields = codec.shared_fields(
-            task_path=task.module_path,
-            queue=task.queue_name,
-            priority=task.priority,
-            backend=self.alias,
-            run_after=task.run_after,
-            enqueued_micros=enqueued_micros,
-        )
-        fields["args"], fields["kwargs"] = args_json, kwargs_json
+        fields, enqueued_at = self._shared(task)
+        result, fields["args"], fields["kwargs"] = self._encode(task, args, kwargs, enqueued_at)
         unique = self._unique_lock(task, result) if isinstance(task, ConveyorTask) else None
         return result, fields, unique
 
@@ -351,7 +342,7 @@ class RedisBackend(BaseTaskBackend):
         return payloads
 
     def _shared(self, task: Task) -> tuple[dict[str, str], datetime]:
-        """Return the fields every task of one enqueue_many() shares, and their enqueue time."""
+        """Return the fields of new tasks of this task but their arguments, and their enqueue time."""
         enqueued_micros = time.time_ns() // 1000
         shared = codec.shared_fields(
             task_path=task.module_path,

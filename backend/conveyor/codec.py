@@ -539,19 +539,15 @@ def new_record(
     enqueued_at: datetime,
 ) -> dict[str, str]:
     """Return the hash fields of a freshly enqueued task."""
-    fields = {
-        "v": VERSION,
-        "task": task_path,
-        "queue": queue,
-        "priority": str(priority),
-        "backend": backend,
-        "args": args_json,
-        "kwargs": kwargs_json,
-        "status": "READY",
-        "enqueued_at": str(to_micros(enqueued_at)),
-    }
-    if run_after is not None:
-        fields["run_after"] = str(to_micros(run_after))
+    fields = shared_fields(
+        task_path=task_path,
+        queue=queue,
+        priority=priority,
+        backend=backend,
+        run_after=run_after,
+        enqueued_micros=to_micros(enqueued_at),
+    )
+    fields["args"], fields["kwargs"] = args_json, kwargs_json
     # started_at, finished_at, last_attempted_at, worker_ids, errors, result and
     # deliveries are absent until a worker writes them; decode() supplies defaults.
     return fields
