@@ -38,7 +38,7 @@ from .waiting import async_waiters, wait_for_record
 logger = logging.getLogger(__name__)
 
 # Ids are 32 URL-safe characters from secrets; anything else cannot be one of ours.
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # "." after a queue token (HASH_TAG_PER_QUEUE)
 # Key names hold any queue name safely (see keys.py); these limits keep names usable: the
 # worker's --queues splits on commas and strips blanks, and logs and metrics carry names.
 QUEUE_NAME_MAX = 1024
@@ -118,7 +118,7 @@ class RedisBackend(BaseTaskBackend):
         self.settings, self.problems = parse_options(self.options)
         self.retry_defaults, retry_problems = parse_retry_defaults(params)  # MAX_ATTEMPTS, BACKOFF
         self.problems.extend(retry_problems)
-        self.keys = Keys(self.settings.key_prefix)
+        self.keys = Keys(self.settings.key_prefix, per_queue=self.settings.hash_tag_per_queue)
         self.store = Store(self.settings, self.keys)  # connects on first use, not here
         # OpenTelemetry spans (docs/tracing.md): None unless the [otel] extra is installed and a
         # tracer provider is configured by now; each enqueue then tests only this attribute.
@@ -200,7 +200,10 @@ class RedisBackend(BaseTaskBackend):
     def _encode(self, task: Task, args: Any, kwargs: Any, enqueued_at: Any) -> tuple[TaskResult, str, str]:
         """Return a new task's READY result and its arguments' JSON; raise if they cannot be stored."""
         norm_args, norm_kwargs, args_json, kwargs_json = self._payload(args, kwargs)
-        result = codec.ready_result(task, new_task_id(), enqueued_at, norm_args, norm_kwargs, self.alias)
+        task_id = new_task_id()
+        if self.keys.per_queue:  # the id names its queue's slot
+            task_id = self.keys.task_id(task.queue_name, task_id)
+        result = codec.ready_result(task, task_id, enqueued_at, norm_args, norm_kwargs, self.alias)
         return result, args_json, kwargs_json
 
     def _validate_once(self, task: Task) -> None:
@@ -239,7 +242,7 @@ class RedisBackend(BaseTaskBackend):
                 raise TypeError(f"unique_key must return a str, not {type(key).__name__}.")
         digest = codec.unique_digest(task.module_path, task.queue_name, result.args, result.kwargs, key)
         return UniqueLock(
-            key=self.keys.unique(digest),
+            key=self.keys.of(task.queue_name).unique(digest),
             window_ms=max(1, math.ceil(task.unique_for * 1000)),
             while_running=task.unique_while_running,
         )
@@ -362,9 +365,10 @@ class RedisBackend(BaseTaskBackend):
         for start in range(0, len(payloads), chunk):
             part = payloads[start : start + chunk]
             results, records = [], []
-            for task_id, (norm_args, norm_kwargs, args_json, kwargs_json) in zip(
-                new_task_ids(len(part)), part, strict=True
-            ):
+            ids = new_task_ids(len(part))
+            if self.keys.per_queue:  # each id names its queue's slot
+                ids = [self.keys.task_id(task.queue_name, task_id) for task_id in ids]
+            for task_id, (norm_args, norm_kwargs, args_json, kwargs_json) in zip(ids, part, strict=True):
                 results.append(ready_result(task, task_id, enqueued_at, norm_args, norm_kwargs, alias))
                 records.append((task_id, args_json, kwargs_json))
             yield results, records
@@ -393,6 +397,7 @@ class RedisBackend(BaseTaskBackend):
         self, task: Task, shared: dict[str, str], chunks: Iterator[Chunk], count: int
     ) -> list[TaskResult]:
         """Store the tasks of enqueue_many(), in one send span when tracing is on."""
+        self.store.announce(task.queue_name)  # HASH_TAG_PER_QUEUE only
         if self.tracing is not None:
             with self._send_span(task, shared, None, count):  # its context goes into shared first
                 return self._store_many(self._trips(task, chunks, shared))
@@ -468,6 +473,7 @@ class RedisBackend(BaseTaskBackend):
             return []
         shared, enqueued_at = self._shared(task)
         chunks = self._chunks(task, payloads, chunk, enqueued_at)
+        await self.store.aannounce(task.queue_name)  # HASH_TAG_PER_QUEUE only
         if self.tracing is not None:
             with self._send_span(task, shared, None, len(payloads)):
                 return await self._astore_many(self._trips(task, chunks, shared))

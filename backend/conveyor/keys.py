@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 # Redis Cluster hashes only the part between the first "{" and "}" of a key, so
@@ -13,6 +14,31 @@ from dataclasses import dataclass, field
 # followed by ":", so two different (kind, queue) pairs never build the same key,
 # whatever characters a queue name holds (":", braces, unicode, any length); the
 # fixed keys (queues, seq, project, ...) hold no second ":" after the tag.
+#
+# With HASH_TAG_PER_QUEUE each queue gets its own tag, "{prefix/<token>}", where the
+# token is 8 hex digits of the SHA-1 of the queue name, so different queues can live on
+# different Redis Cluster primaries. A queue's keys and its tasks' keys, and the
+# per-slot keys its scripts touch with them (seq, paused, cancels, claim memos, unique
+# locks, reclaim state, schedule entries), all carry that tag; a task id starts with
+# its queue's token and a ".", so the id alone names its slot. Keys that span queues
+# (queues, workers, project) keep the backend's own tag. "/" is not allowed in a
+# KEY_PREFIX, so no other backend's tag can begin like one of these.
+
+TOKEN_LENGTH = 8
+
+
+def queue_token(queue: str) -> str:
+    """Return the 8 hex digits that name a queue's hash tag under HASH_TAG_PER_QUEUE."""
+    return hashlib.sha1(queue.encode(), usedforsecurity=False).hexdigest()[:TOKEN_LENGTH]
+
+
+def token_of(task_id: str) -> str | None:
+    """Return the queue token a task id starts with, or None for an id without one."""
+    if len(task_id) > TOKEN_LENGTH and task_id[TOKEN_LENGTH] == ".":
+        head = task_id[:TOKEN_LENGTH]
+        if all(c in "0123456789abcdef" for c in head):
+            return head
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,15 +46,48 @@ class Keys:
     """Build the key names of one backend from its KEY_PREFIX."""
 
     prefix: str
+    per_queue: bool = False  # HASH_TAG_PER_QUEUE: each queue's keys in the slot of its own tag
+    token: str = ""  # set on the view of one queue's slot (see of()); "" for the backend's own tag
     tag: str = field(init=False)
+    _views: dict[str, Keys] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tag", "{" + self.prefix + "}")
+        tag = "{" + self.prefix + ("/" + self.token if self.token else "") + "}"
+        object.__setattr__(self, "tag", tag)
+        object.__setattr__(self, "_views", {})
+
+    def of(self, queue: str) -> Keys:
+        """Return the keys of the slot a queue's keys live in (this object unless per_queue)."""
+        if not self.per_queue:
+            return self
+        view = self._views.get(queue)
+        if view is None:
+            if len(self._views) >= 4096:  # any queue name may come: keep the memo small
+                self._views.clear()
+            view = self._views[queue] = self.slot(queue_token(queue))
+        return view
+
+    def slot(self, token: str) -> Keys:
+        """Return the keys of the slot named by a queue token (per_queue only)."""
+        return Keys(self.prefix, per_queue=True, token=token)
+
+    def of_task(self, task_id: str) -> Keys:
+        """Return the keys of the slot a task's keys live in, read from its id."""
+        if self.per_queue:
+            token = token_of(task_id)
+            if token is not None and token != self.token:
+                return self.slot(token)
+        return self
+
+    def task_id(self, queue: str, raw: str) -> str:
+        """Return a fresh random id for a task of a queue: raw, after the queue's token if per_queue."""
+        return f"{queue_token(queue)}.{raw}" if self.per_queue else raw
 
     @property
-    def glob(self) -> str:
-        """Return the pattern matching every key of this backend (for an ACL user's ~pattern)."""
-        return f"{self.tag}:*"
+    def globs(self) -> tuple[str, ...]:
+        """Return the patterns matching every key of this backend (for an ACL user's ~patterns)."""
+        own = f"{{{self.prefix}}}:*"
+        return (own, f"{{{self.prefix}/*") if self.per_queue else (own,)
 
     @property
     def task_prefix(self) -> str:
@@ -36,7 +95,9 @@ class Keys:
         return f"{self.tag}:task:"
 
     def task(self, task_id: str) -> str:
-        """Return the hash holding one task's record."""
+        """Return the hash holding one task's record (in its queue's slot when per_queue)."""
+        if self.per_queue:
+            return self.of_task(task_id).task_prefix + task_id
         return self.task_prefix + task_id
 
     def ready(self, queue: str) -> str:
@@ -74,6 +135,8 @@ class Keys:
 
     def done(self, task_id: str) -> str:
         """Return the list a finished task's waiters block on (one token, briefly, once it is waited for)."""
+        if self.per_queue:
+            return self.of_task(task_id).done_prefix + task_id
         return self.done_prefix + task_id
 
     @property

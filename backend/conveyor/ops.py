@@ -13,6 +13,7 @@ from typing import Any, Literal
 from . import codec
 from .backend import RedisBackend
 from .exceptions import ConveyorError, CorruptRecord, UnknownQueue, UnknownTask
+from .schedule import ScheduleEntry
 
 __all__ = [
     "CancelOutcome",
@@ -120,7 +121,7 @@ class TaskDetail:
 
 
 # Ids are what RedisBackend makes (URL-safe base64); anything else is refused before Redis.
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # "." after a queue token (HASH_TAG_PER_QUEUE)
 _CURSOR_RE = re.compile(r"^(-?[0-9]{1,20})\.([A-Za-z0-9_-]{1,64})$")
 # A task-path filter reads candidates' paths in chunks, at most this many per list() call.
 SCAN_CHUNK = 200
@@ -224,10 +225,19 @@ class Operator:
         self.store = backend.store
         self.keys = backend.keys
 
+    def _entry_queue(self, entry: ScheduleEntry) -> str:
+        """Return the queue an entry's ticks go to (where its state is kept), as the workers resolve it."""
+        try:
+            return str(self.backend.scheduled_task(entry).queue_name)
+        except (ValueError, TypeError, ImportError):  # check() reports it; its state, if any, is not found
+            return entry.queue or "default"
+
     def schedules(self) -> list[ScheduleRow]:
         """Return every periodic task, declared ones first, with its next run and last task."""
         declared = {e.name: e for e in self.backend.settings.schedule}
-        _, stored = self.store.schedule_entries(list(declared))
+        _, stored = self.store.schedule_entries(
+            [(name, self._entry_queue(entry)) for name, entry in declared.items()], self.queues()
+        )
 
         def moment(raw: bytes | None) -> datetime | None:
             value = int(raw) if raw else -1
@@ -308,13 +318,13 @@ class Operator:
 
     def _sources(self, queue: str | None, status: StatusName | None) -> list[str]:
         """Return the sorted sets a list() reads, for the filters."""
-        k = self.keys
         if queue is not None:
             self._require_queue(queue)
         names = [queue] if queue is not None else list(self.queues())
         wanted = [status] if status is not None else list(STATUS_NAMES)
         sets: list[str] = []
         for q in names:
+            k = self.keys.of(q)
             for st in wanted:
                 if st == "READY":
                     sets += (k.ready_since(q), k.scheduled(q))
@@ -468,7 +478,9 @@ class Operator:
         for q in [queue] if queue is not None else self.queues():
             start = 0
             while True:
-                chunk = [m.decode() for m in self.store.index_members(self.keys.failed(q), low, start, 1000)]
+                chunk = [
+                    m.decode() for m in self.store.index_members(self.keys.of(q).failed(q), low, start, 1000)
+                ]
                 if not chunk:
                     break
                 start += len(chunk)
@@ -533,14 +545,14 @@ class Operator:
 
     def _indexes(
         self, status: Literal["SUCCESSFUL", "FAILED"] | None, queue: str | None
-    ) -> Iterator[tuple[str, str]]:
+    ) -> Iterator[tuple[str, str, str]]:
         if queue is not None:
             self._require_queue(queue)
         for q in [queue] if queue is not None else self.queues():
             if status in (None, "SUCCESSFUL"):
-                yield self.keys.succeeded(q), "SUCCESSFUL"
+                yield q, self.keys.of(q).succeeded(q), "SUCCESSFUL"
             if status in (None, "FAILED"):
-                yield self.keys.failed(q), "FAILED"
+                yield q, self.keys.of(q).failed(q), "FAILED"
 
     def purge_results(
         self,
@@ -556,11 +568,11 @@ class Operator:
             raise ConveyorError(f"only finished results are purged by age, not {status!r} ones")
         cutoff = self.store.server_time_ms() - int(older_than * 1000)
         total = 0
-        for index, name in self._indexes(status, queue):
+        for q, index, name in self._indexes(status, queue):
             if dry_run:
                 total += self.store.count_between(index, "-inf", cutoff)
                 continue
-            while removed := self.store.purge_index(index, name, cutoff, batch):
+            while removed := self.store.purge_index(q, index, name, cutoff, batch):
                 total += removed
         return total
 
@@ -575,7 +587,7 @@ class Operator:
         if dry_run:
             waiting = sum(
                 self.store.count_between(key, "-inf", "+inf")
-                for key in (self.keys.ready(queue), self.keys.scheduled(queue))
+                for key in (self.keys.of(queue).ready(queue), self.keys.of(queue).scheduled(queue))
             )
             return waiting if limit is None else min(limit, waiting)
         total = 0

@@ -68,6 +68,10 @@ class Options:
     project: str | None = None  # None = the top package of the settings module
     schedule: tuple[ScheduleEntry, ...] = ()  # periodic tasks the workers enqueue (docs/periodic.md)
     tracing: bool = True  # spans when opentelemetry and a tracer provider are set up (docs/tracing.md)
+    # Redis Cluster (docs/cluster.md): CLUSTER talks to it with redis-py's cluster client, which
+    # follows the slots as they move; HASH_TAG_PER_QUEUE puts each queue in its own slot.
+    cluster: bool = False
+    hash_tag_per_queue: bool = False
     # Sentinel mode (a redis+sentinel:// URL, or SENTINELS + SERVICE_NAME): the primary is asked
     # of these sentinels; db, username, password and ssl above then apply to the primary.
     sentinels: tuple[tuple[str, int], ...] = ()
@@ -172,6 +176,8 @@ _SPEC: dict[str, tuple[tuple[type, ...], str]] = {
     "PROJECT": ((str,), "1-200 printable characters naming the project that owns KEY_PREFIX"),
     "SCHEDULE": ((list, tuple), "a list of periodic task entries (docs/periodic.md)"),
     "TRACING": ((bool,), "True (spans when a tracer provider is configured) or False"),
+    "CLUSTER": ((bool,), "True (URL names one node of a Redis Cluster) or False"),
+    "HASH_TAG_PER_QUEUE": ((bool,), "True (each queue's keys in a slot of their own) or False"),
 }
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _CONNECTION_PARTS = ("HOST", "PORT", "DB", "USERNAME", "PASSWORD")
@@ -444,6 +450,19 @@ def parse_options(raw: Any) -> tuple[Options, list[Problem]]:
             )
         )
     problems += _sentinel_problems(raw, values)
+    if values.get("cluster") and "sentinels" in values:
+        problems.append(
+            Problem(
+                option="CLUSTER",
+                message="CLUSTER is set with Sentinel; a Redis Cluster fails over by itself.",
+                hint="Give one node of the cluster as URL (or HOST/PORT) and no sentinels.",
+            )
+        )
+        values["cluster"] = False
+    if values.get("cluster") and values.get("db", 0) != 0:
+        problems.append(
+            Problem(option="DB", message="A Redis Cluster has only database 0.", hint="Set DB to 0.")
+        )
     explicit = (*_CONNECTION_PARTS, *_SENTINEL_PARTS, "URL")
     if "url" not in values and "sentinels" not in values and not any(part in raw for part in explicit):
         values["url"] = DEFAULT_URL

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import itertools
 import os
 import time
 import weakref
@@ -13,7 +15,9 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.asyncio.sentinel
+import redis.cluster
 import redis.sentinel
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
@@ -26,7 +30,7 @@ from .durability import PARAMETERS, Durability
 from .exceptions import ConveyorError, RedisUnavailable
 from .keys import Keys
 from .options import Options
-from .transport import ScriptCall, Sent, Transport, script_sha, script_source
+from .transport import ClusterTransport, ScriptCall, Sent, Transport, script_sha, script_source
 
 __all__ = [
     "Claimed",
@@ -207,11 +211,23 @@ class Store:
         self.options = options
         self.keys = keys
         self._client_name = client_name
-        self._client: redis.Redis | None = None
+        self._client: Any = None  # redis.Redis, or redis.cluster.RedisCluster with CLUSTER
         self._sentinel: redis.sentinel.Sentinel | None = None
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         # Script calls go through the transport, on connections of the client's pool.
-        self.transport = Transport(self._new_connection, self._translate_any)
+        self.transport: Transport | ClusterTransport = (
+            ClusterTransport(lambda: self.client, self._translate_any)
+            if options.cluster
+            else Transport(self._new_connection, self._translate_any)
+        )
+        # HASH_TAG_PER_QUEUE: queues whose names this process has added to the backend's set.
+        self._announced: set[str] = set()
+        # HASH_TAG_PER_QUEUE: ready tasks each slot (by tag) had at its last claim (which to claim next).
+        self._slot_waiting: dict[str, int] = {}
+        self._claim_turn = itertools.count()
+        # HASH_TAG_PER_QUEUE: one wake-list wait per slot, kept across calls (see wait_for_work).
+        self._waits: dict[str, concurrent.futures.Future[Any]] = {}
+        self._wait_pool: concurrent.futures.ThreadPoolExecutor | None = None
         # The keys of enqueue.lua besides the task's own, per queue name (built once each).
         self._enqueue_keys: dict[str, tuple[str, ...]] = {}
         # A claim's memo outlives any wait for its reply (a replay comes after a timeout at most).
@@ -238,6 +254,9 @@ class Store:
         """Return the synchronous client, creating its pool on first use."""
         if self._client is None:
             kwargs = self._pool_kwargs(redis.SSLConnection, Retry(NoBackoff(), 1))
+            if self.options.cluster:
+                self._client = self._cluster_client(redis.cluster.RedisCluster, kwargs)
+                return self._client  # type: ignore[no-any-return]
             if self.options.sentinels:
                 # Each new connection asks the sentinels for the primary; one that meets
                 # READONLY/NOREPLICAS or a broken socket is dropped, so the retry asks again.
@@ -256,7 +275,17 @@ class Store:
             else:
                 pool = redis.ConnectionPool(**kwargs)
             self._client = redis.Redis(connection_pool=pool)
-        return self._client
+        return self._client  # type: ignore[no-any-return]
+
+    def _cluster_client(self, cls: Any, kwargs: dict[str, Any]) -> Any:
+        """Return a cluster client (sync or asyncio cls) that starts from the configured node."""
+        kwargs.pop("db", None)
+        kwargs.pop("connection_class", None)  # a rediss:// URL or ssl=True picks TLS itself
+        if self.options.ssl:
+            kwargs["ssl"] = True
+        if self.options.url is not None:
+            return cls.from_url(self.options.url, **kwargs)
+        return cls(host=self.options.host, port=self.options.port, **kwargs)
 
     def _async_client(self) -> Any:
         """Return the asyncio client of the running loop (clients are bound to their loop)."""
@@ -264,6 +293,10 @@ class Store:
         entry = self._async.get(loop)
         if entry is None:
             kwargs = self._pool_kwargs(redis.asyncio.SSLConnection, AsyncRetry(NoBackoff(), 1))
+            if self.options.cluster:
+                entry = self._cluster_client(redis.asyncio.cluster.RedisCluster, kwargs)
+                self._async[loop] = entry
+                return entry
             if self.options.sentinels:
                 kwargs["connection_class"] = (
                     _AsyncSentinelSSLConnection if self.options.ssl else _AsyncSentinelConnection
@@ -288,9 +321,13 @@ class Store:
     def close(self) -> None:
         """Close the synchronous pool."""
         self.transport.close()
+        if self._wait_pool is not None:
+            self._wait_pool.shutdown(wait=False, cancel_futures=True)
+            self._wait_pool, self._waits = None, {}
         if self._client is not None:
             self._client.close()
-            self._client.connection_pool.disconnect()
+            if not self.options.cluster:
+                self._client.connection_pool.disconnect()
             self._client = None
         if self._sentinel is not None:
             self._sentinel.close()
@@ -330,6 +367,30 @@ class Store:
         except (RedisError, OSError) as exc:
             raise self._translate_any(exc) from exc
 
+    def slots(self, queues: Sequence[str]) -> list[tuple[Keys, list[str]]]:
+        """Group queues by the slot their keys live in: one group unless HASH_TAG_PER_QUEUE."""
+        if not self.keys.per_queue:
+            return [(self.keys, list(queues))]
+        groups: dict[str, tuple[Keys, list[str]]] = {}
+        for queue in queues:
+            k = self.keys.of(queue)
+            groups.setdefault(k.tag, (k, []))[1].append(queue)
+        return list(groups.values())
+
+    def announce(self, queue: str) -> None:
+        """Add a queue to the backend's set of queues (per queue tags: scripts add it to their slot's)."""
+        if self.keys.per_queue and queue not in self._announced:
+            with self._boundary():
+                self.client.sadd(self.keys.queues, queue)
+            self._announced.add(queue)
+
+    async def aannounce(self, queue: str) -> None:
+        """Add a queue to the backend's set of queues like announce(), on the running event loop."""
+        if self.keys.per_queue and queue not in self._announced:
+            async with self._aboundary():
+                await self._async_client().sadd(self.keys.queues, queue)
+            self._announced.add(queue)
+
     # -- web side ----------------------------------------------------------------
 
     def _enqueue_call(
@@ -341,7 +402,7 @@ class Store:
         fields: dict[str, str],
         unique: UniqueLock | None = None,
     ) -> tuple[list[str], list[Any]]:
-        k = self.keys
+        k = self.keys.of(queue)
         shared = self._enqueue_keys.get(queue)
         if shared is None:
             if len(self._enqueue_keys) >= 1024:  # any queue name may come: keep the memo small
@@ -389,6 +450,8 @@ class Store:
         nothing is stored and that task comes back as a Holder.
         """
         keys, args = self._enqueue_call(task_id, queue, priority, due_ms, fields, unique)
+        if self.keys.per_queue:
+            self.announce(queue)
         (reply,) = self.transport.run([ScriptCall(name="enqueue", keys=keys, args=args)])
         return self._enqueued(reply)
 
@@ -404,6 +467,8 @@ class Store:
     ) -> bool | Holder:
         """Store a task like enqueue(), on the running event loop."""
         keys, args = self._enqueue_call(task_id, queue, priority, due_ms, fields, unique)
+        if self.keys.per_queue:
+            await self.aannounce(queue)
         (reply,) = await self.arun([ScriptCall(name="enqueue", keys=keys, args=args)])
         return self._enqueued(reply)
 
@@ -416,7 +481,7 @@ class Store:
         records: Sequence[tuple[str, str, str]],
     ) -> ScriptCall:
         """Return the script call that stores (task id, args JSON, kwargs JSON) records atomically."""
-        k = self.keys
+        k = self.keys.of(queue)
         keys = [k.ready(queue), k.ready_since(queue), k.scheduled(queue), k.queues, k.seq, k.wake(queue)]
         args: list[Any] = [queue, priority, "" if due_ms is None else due_ms, WAKE_CAP, len(shared)]
         for name, value in shared.items():
@@ -564,29 +629,50 @@ class Store:
         with self._boundary():
             return {q.decode() for q in self.client.smembers(self.keys.queues)}  # type: ignore[union-attr]
 
-    def claim_call(
+    def claim_calls(
         self, queues: Sequence[str], worker_id: str, lease_ms: int, count: int, claim_id: str
-    ) -> ScriptCall:
-        """Return the script call that claims up to count tasks (see claim()).
+    ) -> list[ScriptCall]:
+        """Return the script calls that claim up to count tasks (see claim()); one unless HASH_TAG_PER_QUEUE.
 
         claim_id names this call, unique per worker: the same call sent again (its reply
-        was lost) returns what the first one claimed instead of claiming more.
+        was lost) returns what the first one claimed instead of claiming more. With
+        queues in several slots, one slot's call claims (the one that had the most ready
+        tasks last time, in turns on a tie) and the others only count their ready tasks.
         """
-        k = self.keys
-        keys = [k.task_prefix, k.claim_memo(claim_id), k.paused]
-        for queue in queues:
-            keys += (k.ready(queue), k.ready_since(queue), k.running(queue))
-        return ScriptCall(name="claim", keys=keys, args=[worker_id, lease_ms, count, self._memo_ms, *queues])
+        groups = self.slots(queues)
+        chosen = 0
+        if len(groups) > 1:
+            turn = next(self._claim_turn)
+            waiting = [self._slot_waiting.get(k.tag, 1) for k, _ in groups]
+            most = max(waiting)
+            tied = [i for i, w in enumerate(waiting) if w == most]
+            chosen = tied[turn % len(tied)]
+        calls = []
+        for i, (k, group) in enumerate(groups):
+            keys = [k.task_prefix, k.claim_memo(claim_id), k.paused]
+            for queue in group:
+                keys += (k.ready(queue), k.ready_since(queue), k.running(queue))
+            limit = count if i == chosen else 0
+            calls.append(
+                ScriptCall(name="claim", keys=keys, args=[worker_id, lease_ms, limit, self._memo_ms, *group])
+            )
+        return calls
 
-    @staticmethod
-    def parse_claimed(flat: Sequence[Any], queues: Sequence[str]) -> tuple[list[Claimed], int]:
-        """Turn claim.lua's flat reply into Claimed records and the count still waiting."""
+    def parse_claimed(self, replies: Sequence[Any], queues: Sequence[str]) -> tuple[list[Claimed], int]:
+        """Turn the replies to claim_calls() into Claimed records and the count still waiting."""
         claimed = []
-        for i in range(0, len(flat) - 1, 3):
-            values = flat[i + 2]
-            fields = dict(zip(values[::2], values[1::2], strict=True))
-            claimed.append(Claimed(task_id=flat[i].decode(), queue=queues[int(flat[i + 1])], fields=fields))
-        return claimed, int(flat[-1])
+        waiting = 0
+        for flat, (k, group) in zip(replies, self.slots(queues), strict=True):
+            for i in range(0, len(flat) - 1, 3):
+                values = flat[i + 2]
+                fields = dict(zip(values[::2], values[1::2], strict=True))
+                claimed.append(
+                    Claimed(task_id=flat[i].decode(), queue=group[int(flat[i + 1])], fields=fields)
+                )
+            waiting += int(flat[-1])
+            if self.keys.per_queue:
+                self._slot_waiting[k.tag] = int(flat[-1])
+        return claimed, waiting
 
     def claim(
         self, queues: Sequence[str], worker_id: str, lease_ms: int, count: int, claim_id: str | None = None
@@ -594,9 +680,15 @@ class Store:
         """Claim up to count ready tasks, best first across queues, under a lease."""
         if not queues or count < 1:
             return []
-        call = self.claim_call(queues, worker_id, lease_ms, count, claim_id or os.urandom(8).hex())
-        (flat,) = self.run([call])
-        return self.parse_claimed(flat, queues)[0]
+        claim_id = claim_id or os.urandom(8).hex()
+        found: list[Claimed] = []
+        for turn in range(len(self.slots(queues))):  # one turn unless HASH_TAG_PER_QUEUE
+            calls = self.claim_calls(queues, worker_id, lease_ms, count - len(found), f"{claim_id}:{turn}")
+            claimed, waiting = self.parse_claimed(self.run(calls), queues)
+            found += claimed
+            if len(found) >= count or not waiting:
+                break
+        return found
 
     def finish_call(
         self, task_id: str, queue: str, token: str, status: str, ttl: int, fields: dict[str, str]
@@ -605,11 +697,11 @@ class Store:
         args: list[Any] = [task_id, token, status, ttl, self._done_channel, DONE_TTL_MS]
         for name, value in fields.items():
             args += (name, value)
-        k = self.keys
+        k = self.keys.of(queue)
         index = k.succeeded(queue) if status == "SUCCESSFUL" else k.failed(queue)
         return ScriptCall(
             name="finish",
-            keys=[k.task(task_id), k.running(queue), index, self._done_prefix + task_id],
+            keys=[k.task(task_id), k.running(queue), index, k.done_prefix + task_id],
             args=args,
         )
 
@@ -624,7 +716,7 @@ class Store:
         self, task_id: str, queue: str, token: str, backoff_ms: int, fields: dict[str, str]
     ) -> ScriptCall:
         """Return the script call that schedules another attempt (see retry())."""
-        k = self.keys
+        k = self.keys.of(queue)
         args: list[Any] = [task_id, token, backoff_ms, WAKE_CAP]
         for name, value in fields.items():
             args += (name, value)
@@ -640,7 +732,7 @@ class Store:
 
     def postpone_call(self, task_id: str, queue: str, token: str, delay_ms: int) -> ScriptCall:
         """Return the script call that undoes a claim and makes the task due again after a delay."""
-        k = self.keys
+        k = self.keys.of(queue)
         keys = [k.task(task_id), k.running(queue), k.scheduled(queue), k.wake(queue)]
         return ScriptCall(name="postpone", keys=keys, args=[task_id, token, delay_ms, WAKE_CAP])
 
@@ -657,7 +749,9 @@ class Store:
         k = self.keys
         calls = [
             ScriptCall(
-                name="renew", keys=[k.task(task_id), k.running(queue)], args=[task_id, token, lease_ms]
+                name="renew",
+                keys=[k.task(task_id), k.of(queue).running(queue)],
+                args=[task_id, token, lease_ms],
             )
             for task_id, queue, token in leases
         ]
@@ -668,7 +762,7 @@ class Store:
 
         started=False undoes the claim of a task that never ran (this worker leaves worker_ids).
         """
-        k = self.keys
+        k = self.keys.of(queue)
         keys = [k.task(task_id), k.running(queue), k.ready(queue), k.ready_since(queue), k.wake(queue)]
         args = [task_id, token, WAKE_CAP, "1" if started else "0"]
         (released,) = self.run([ScriptCall(name="release", keys=keys, args=args)])
@@ -689,10 +783,6 @@ class Store:
         A gap of more than outage_ms since any worker last reclaimed is taken for an
         outage: then nothing is reclaimed for lease_ms, so live owners renew first.
         """
-        k = self.keys
-        keys = [k.task_prefix, k.reclaim_state, k.done_prefix]
-        for q in queues:
-            keys += (k.running(q), k.ready(q), k.ready_since(q), k.wake(q), k.failed(q))
         args = [
             limit,
             max_deliveries,
@@ -703,22 +793,33 @@ class Store:
             self._done_channel,
             DONE_TTL_MS,
         ]
-        ((requeued, failed, held),) = self.run([ScriptCall(name="reclaim", keys=keys, args=args)])
-        return Reclaimed(requeued=int(requeued), failed=int(failed), held_ms=int(held))
+        calls = []
+        for k, group in self.slots(queues):  # reclaim state, and its outage hold, are per slot
+            keys = [k.task_prefix, k.reclaim_state, k.done_prefix]
+            for q in group:
+                keys += (k.running(q), k.ready(q), k.ready_since(q), k.wake(q), k.failed(q))
+            calls.append(ScriptCall(name="reclaim", keys=keys, args=args))
+        replies = self.run(calls)
+        return Reclaimed(
+            requeued=sum(int(r[0]) for r in replies),
+            failed=sum(int(r[1]) for r in replies),
+            held_ms=max(int(r[2]) for r in replies),
+        )
 
     def promote(self, queues: Sequence[str], *, limit: int) -> Promotion:
         """Make due scheduled tasks ready; report the next due time by the server clock."""
-        k = self.keys
-        keys = [k.task_prefix, k.seq]
-        for q in queues:
-            keys += (k.scheduled(q), k.ready(q), k.ready_since(q), k.wake(q))
-        ((promoted, next_due, now_ms),) = self.run(
-            [ScriptCall(name="promote", keys=keys, args=[limit, WAKE_CAP])]
-        )
+        calls = []
+        for k, group in self.slots(queues):
+            keys = [k.task_prefix, k.seq]
+            for q in group:
+                keys += (k.scheduled(q), k.ready(q), k.ready_since(q), k.wake(q))
+            calls.append(ScriptCall(name="promote", keys=keys, args=[limit, WAKE_CAP]))
+        replies = self.run(calls)
+        due = [int(r[1]) for r in replies if int(r[1]) >= 0]
         return Promotion(
-            promoted=int(promoted),
-            next_due_ms=None if int(next_due) < 0 else int(next_due),
-            server_now_ms=int(now_ms),
+            promoted=sum(int(r[0]) for r in replies),
+            next_due_ms=min(due) if due else None,
+            server_now_ms=max(int(r[2]) for r in replies),
         )
 
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
@@ -726,9 +827,35 @@ class Store:
         if not queues:  # nothing to listen on yet (no task ever enqueued): still wait, never spin
             time.sleep(timeout)
             return False
-        keys = [self.keys.wake(q) for q in queues]
-        with self._boundary():
-            return self.client.blpop(keys, timeout=max(timeout, 0.001)) is not None
+        groups = self.slots(queues)
+        if len(groups) == 1:
+            k, group = groups[0]
+            with self._boundary():
+                return self.client.blpop([k.wake(q) for q in group], timeout=max(timeout, 0.001)) is not None
+        return self._wait_on_slots(groups, timeout)
+
+    def _wait_on_slots(self, groups: list[tuple[Keys, list[str]]], timeout: float) -> bool:
+        """Wait on each slot's wake lists at once (HASH_TAG_PER_QUEUE: one BLPOP cannot span slots).
+
+        A slot's BLPOP runs on a thread of a small pool and is kept across calls until it
+        returns, so a slot is never waited on twice and a wake-up is never dropped.
+        """
+        if self._wait_pool is None:
+            self._wait_pool = concurrent.futures.ThreadPoolExecutor(64, thread_name_prefix="conveyor-wait")
+        block = max(timeout, 0.001)
+        for k, group in groups:
+            if k.tag not in self._waits:
+                keys = [k.wake(q) for q in group]
+                self._waits[k.tag] = self._wait_pool.submit(self.client.blpop, keys, timeout=block)
+        waits = [self._waits[k.tag] for k, _ in groups]
+        concurrent.futures.wait(waits, timeout=block + 0.05, return_when=concurrent.futures.FIRST_COMPLETED)
+        woken = False
+        for (k, _), wait in zip(groups, waits, strict=True):
+            if wait.done():
+                del self._waits[k.tag]
+                with self._boundary():
+                    woken = wait.result() is not None or woken
+        return woken
 
     def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
         """Read per-queue counts by the server clock: TIME, then six commands per queue in one trip."""
@@ -738,12 +865,13 @@ class Store:
             now_ms = int(seconds) * 1000 + int(micros) // 1000
             pipe = self.client.pipeline(transaction=False)
             for q in queues:
-                pipe.zcard(k.ready(q))
-                pipe.zcard(k.scheduled(q))
-                pipe.zcount(k.scheduled(q), "-inf", now_ms)  # due as promote sees it: score <= now
-                pipe.zcard(k.running(q))
-                pipe.zrange(k.ready_since(q), 0, 0, withscores=True)
-                pipe.sismember(k.paused, q)
+                v = k.of(q)
+                pipe.zcard(v.ready(q))
+                pipe.zcard(v.scheduled(q))
+                pipe.zcount(v.scheduled(q), "-inf", now_ms)  # due as promote sees it: score <= now
+                pipe.zcard(v.running(q))
+                pipe.zrange(v.ready_since(q), 0, 0, withscores=True)
+                pipe.sismember(v.paused, q)
             replies = pipe.execute() if queues else []
         stats = []
         for i, q in enumerate(queues):
@@ -762,11 +890,19 @@ class Store:
             )
         return stats
 
-    def cancel_signal(self) -> int:
-        """Return the counter every cancel of a running task bumps (0 before the first)."""
+    def cancel_signal(self, queues: Sequence[str] = ()) -> int:
+        """Return the counter every cancel of a running task in these queues bumps (0 before the first).
+
+        Without HASH_TAG_PER_QUEUE one counter serves every queue; with it, the sum of the
+        counters of the queues' slots.
+        """
         with self._boundary():
-            value = self.client.get(self.keys.cancels)
-        return int(value or 0)  # type: ignore[arg-type]
+            if not self.keys.per_queue:
+                return int(self.client.get(self.keys.cancels) or 0)  # type: ignore[arg-type]
+            pipe = self.client.pipeline(transaction=False)
+            for k, _ in self.slots(queues):
+                pipe.get(k.cancels)
+            return sum(int(v or 0) for v in pipe.execute()) if queues else 0
 
     def heartbeat(self, worker_id: str, description: str, ttl_ms: int) -> int:
         """Note this worker alive with its JSON description for ttl_ms (0: it leaves); return server ms."""
@@ -781,11 +917,13 @@ class Store:
         """Drop index entries of results past their TTL, at most limit per index; return how many."""
         if not queues:
             return 0
-        keys: list[str] = []
-        for q in queues:
-            keys += (self.keys.succeeded(q), self.keys.failed(q))
-        (dropped,) = self.run([ScriptCall(name="trim", keys=keys, args=[result_ttl, failed_ttl, limit])])
-        return int(dropped)
+        calls = []
+        for k, group in self.slots(queues):
+            keys: list[str] = []
+            for q in group:
+                keys += (k.succeeded(q), k.failed(q))
+            calls.append(ScriptCall(name="trim", keys=keys, args=[result_ttl, failed_ttl, limit]))
+        return sum(int(dropped) for dropped in self.run(calls))
 
     # -- operator side (conveyor.ops) -------------------------------------------------
 
@@ -795,8 +933,8 @@ class Store:
         with self._boundary():
             pipe = self.client.pipeline(transaction=False)
             for q in queues:
-                pipe.zcard(k.failed(q))
-                pipe.zcard(k.succeeded(q))
+                pipe.zcard(k.of(q).failed(q))
+                pipe.zcard(k.of(q).succeeded(q))
             replies = pipe.execute() if queues else []
         return [(int(replies[2 * i]), int(replies[2 * i + 1])) for i in range(len(queues))]
 
@@ -843,7 +981,7 @@ class Store:
     def due_at(self, queue: str, task_id: str) -> int | None:
         """Return when a waiting task falls due (ms), None when it is not waiting."""
         with self._boundary():
-            score = self.client.zscore(self.keys.scheduled(queue), task_id)
+            score = self.client.zscore(self.keys.of(queue).scheduled(queue), task_id)
         return None if score is None else int(score)  # type: ignore[arg-type]
 
     def knows_queue(self, queue: str) -> bool:
@@ -853,7 +991,7 @@ class Store:
 
     def set_paused(self, queue: str, paused: bool) -> None:
         """Add a queue to the paused set, or take it out and wake an idle worker for its tasks."""
-        k = self.keys
+        k = self.keys.of(queue)
         with self._boundary():
             if paused:
                 self.client.sadd(k.paused, queue)
@@ -887,7 +1025,7 @@ class Store:
 
     def cancel_call(self, task_id: str, queue: str, failed_ttl: int, by: str) -> ScriptCall:
         """Return the script call that cancels one task (see cancel.lua)."""
-        k = self.keys
+        k = self.keys.of(queue)
         keys = [
             k.task(task_id),
             k.ready(queue),
@@ -903,7 +1041,7 @@ class Store:
 
     def requeue_call(self, task_id: str, queue: str) -> ScriptCall:
         """Return the script call that puts a FAILED task back in its queue (see requeue.lua)."""
-        k = self.keys
+        k = self.keys.of(queue)
         keys = [
             k.task(task_id),
             k.ready(queue),
@@ -917,7 +1055,7 @@ class Store:
 
     def delete_call(self, task_id: str, queue: str) -> ScriptCall:
         """Return the script call that deletes one task no worker holds (see delete.lua)."""
-        k = self.keys
+        k = self.keys.of(queue)
         keys = [
             k.task(task_id),
             k.ready(queue),
@@ -929,15 +1067,17 @@ class Store:
         ]
         return ScriptCall(name="delete", keys=keys, args=[task_id, self._done_channel, DONE_TTL_MS])
 
-    def purge_index(self, index: str, status: str, cutoff_ms: int, batch: int) -> int:
-        """Delete up to batch finished tasks of one index finished by cutoff_ms; return entries removed."""
-        call = ScriptCall(name="purge", keys=[self.keys.task_prefix, index], args=[cutoff_ms, batch, status])
+    def purge_index(self, queue: str, index: str, status: str, cutoff_ms: int, batch: int) -> int:
+        """Delete up to batch tasks of a queue's index finished by cutoff_ms; return entries removed."""
+        call = ScriptCall(
+            name="purge", keys=[self.keys.of(queue).task_prefix, index], args=[cutoff_ms, batch, status]
+        )
         (removed,) = self.run([call])
         return int(removed)
 
     def drop_ready(self, queue: str, batch: int) -> int:
         """Delete up to batch READY tasks of a queue (ready, then waiting); return entries removed."""
-        k = self.keys
+        k = self.keys.of(queue)
         keys = [k.task_prefix, k.ready(queue), k.ready_since(queue), k.scheduled(queue), k.done_prefix]
         args = [batch, self._done_channel, DONE_TTL_MS]
         (removed,) = self.run([ScriptCall(name="drop", keys=keys, args=args)])
@@ -990,17 +1130,36 @@ class Store:
     # -- periodic tasks (conveyor_worker.scheduler) -------------------------------------
 
     def survey_schedule(
-        self, names: Sequence[str], *, stale_ms: int, limit: int
+        self, entries: Sequence[tuple[str, str]], *, stale_ms: int, limit: int
     ) -> tuple[int, list[EntryState]]:
-        """Read the named entries and the server time (ms); drop entries undeclared for stale_ms."""
-        k = self.keys
-        keys = [k.periodics, k.periodic_prefix, *(k.periodic(n) for n in names)]
-        ((now_ms, *flat),) = self.run([ScriptCall(name="survey", keys=keys, args=[stale_ms, limit, *names])])
-        states = [
-            EntryState(next_ms=int(flat[i]) if flat[i] else None, fingerprint=bytes(flat[i + 1]).decode())
-            for i in range(0, len(flat), 2)
+        """Read the (name, queue) entries and the server time (ms); drop entries undeclared for stale_ms.
+
+        Entries live in their queue's slot, so with HASH_TAG_PER_QUEUE there is one call per slot.
+        """
+        by_slot: dict[str, tuple[Keys, list[str]]] = {}
+        for name, queue in entries:
+            k = self.keys.of(queue)
+            by_slot.setdefault(k.tag, (k, []))[1].append(name)
+        if not by_slot:
+            by_slot[self.keys.tag] = (self.keys, [])
+        calls = [
+            ScriptCall(
+                name="survey",
+                keys=[k.periodics, k.periodic_prefix, *(k.periodic(n) for n in names)],
+                args=[stale_ms, limit, *names],
+            )
+            for k, names in by_slot.values()
         ]
-        return int(now_ms), states
+        found: dict[str, EntryState] = {}
+        now_ms = 0
+        for (_, names), (now, *flat) in zip(by_slot.values(), self.run(calls), strict=True):
+            now_ms = max(now_ms, int(now))
+            for i, name in enumerate(names):
+                next_ms, fingerprint = flat[2 * i], flat[2 * i + 1]
+                found[name] = EntryState(
+                    next_ms=int(next_ms) if next_ms else None, fingerprint=bytes(fingerprint).decode()
+                )
+        return now_ms, [found[name] for name, _ in entries]
 
     def tick(
         self,
@@ -1017,7 +1176,9 @@ class Store:
         fields: dict[str, str],
     ) -> int:
         """Move one entry from the tick seen_ms to next_ms, enqueueing as mode says, once (see tick.lua)."""
-        k = self.keys
+        k = self.keys.of(queue)
+        if k.per_queue:
+            self.announce(queue)
         keys = [
             k.periodic(name),
             k.task_prefix,
@@ -1044,15 +1205,27 @@ class Store:
         (answer,) = self.run([ScriptCall(name="tick", keys=keys, args=args)])
         return int(answer)
 
-    def schedule_entries(self, names: Sequence[str]) -> tuple[int, dict[str, dict[bytes, bytes]]]:
-        """Return the server time (ms) and the hash of each named entry and of any other stored one."""
-        k = self.keys
+    def schedule_entries(
+        self, entries: Sequence[tuple[str, str]], queues: Sequence[str] = ()
+    ) -> tuple[int, dict[str, dict[bytes, bytes]]]:
+        """Return the server time (ms) and the hash of each (name, queue) entry and of any other stored one.
+
+        Other entries are looked for in the slots of the entries' queues and of queues.
+        """
+        slots = {k.tag: k for k, _ in self.slots([*(q for _, q in entries), *queues])} or {
+            self.keys.tag: self.keys
+        }
         with self._boundary():
             seconds, micros = self.client.time()
-            stored = [m.decode() for m in self.client.zrange(k.periodics, 0, -1)]  # type: ignore[union-attr]
-            every = list(dict.fromkeys([*names, *stored]))
             pipe = self.client.pipeline(transaction=False)
-            for name in every:
+            for k in slots.values():
+                pipe.zrange(k.periodics, 0, -1)
+            where = {name: self.keys.of(queue) for name, queue in entries}
+            for k, names in zip(slots.values(), pipe.execute(), strict=True):
+                for raw in names:
+                    where.setdefault(raw.decode(), k)
+            pipe = self.client.pipeline(transaction=False)
+            for name, k in where.items():
                 pipe.hgetall(k.periodic(name))
-            replies = pipe.execute() if every else []
-        return int(seconds) * 1000 + int(micros) // 1000, dict(zip(every, replies, strict=True))
+            replies = pipe.execute() if where else []
+        return int(seconds) * 1000 + int(micros) // 1000, dict(zip(where, replies, strict=True))

@@ -230,3 +230,74 @@ class Transport:
             except ResponseError as exc:
                 replies.append(exc)
         return replies
+
+
+class ClusterTransport:
+    """Send script calls to the primaries of a Redis Cluster that own their keys (CLUSTER option).
+
+    redis-py's cluster pipeline routes each call by the slot of its keys, writes to every
+    primary before it reads, and follows MOVED and ASK as slots move. send_ahead() sends
+    at once and keeps the replies for receive(), so callers work unchanged.
+    """
+
+    def __init__(
+        self, client: Callable[[], Any], translate: Callable[[RedisError | OSError], ConveyorError]
+    ) -> None:
+        self._client = client
+        self._translate = translate
+
+    @property
+    def spares(self) -> tuple[Any, ...]:
+        """Return no connections: the cluster client owns one pool per node."""
+        return ()
+
+    def close(self) -> None:
+        """Nothing to close here: the store closes the cluster client."""
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Accept the single-node transport's hold(); every call here is already done when it returns."""
+        yield
+
+    def run(self, calls: Sequence[ScriptCall], *, check: bool = True) -> list[Any]:
+        """Send script calls in one pipeline over the primaries; return their replies (see Transport.run)."""
+        try:
+            replies = self._pipeline(calls)
+            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            if missing:  # a primary lost them, or is new: load on every primary, send those again
+                client = self._client()
+                for name in {calls[i].name for i in missing}:
+                    client.script_load(script_source(name))
+                for i, reply in zip(missing, self._pipeline([calls[i] for i in missing]), strict=True):
+                    replies[i] = reply
+        except (RedisError, OSError) as exc:
+            raise self._translate(exc) from exc
+        if not check:
+            return [self._translate(r) if isinstance(r, RedisError) else r for r in replies]
+        for reply in replies:
+            if isinstance(reply, RedisError):
+                raise self._translate(reply) from reply
+        return replies
+
+    def send_ahead(self, calls: Sequence[ScriptCall]) -> Sent:
+        """Send calls now and keep their replies for receive()."""
+        held = _Held(None)
+        held.conn = self.run(calls, check=False)
+        held.unread = True
+        return Sent(calls=calls, held=held)
+
+    def receive(self, sent: Sent, *, check: bool = True) -> list[Any]:
+        """Return the replies send_ahead() kept."""
+        replies: list[Any] = sent.held.conn
+        sent.held.unread = False
+        if check:
+            for reply in replies:
+                if isinstance(reply, ConveyorError):
+                    raise reply
+        return replies
+
+    def _pipeline(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        pipe = self._client().pipeline()
+        for c in calls:
+            pipe.execute_command("EVALSHA", script_sha(c.name), len(c.keys), *c.keys, *c.args)
+        return list(pipe.execute(raise_on_error=False))

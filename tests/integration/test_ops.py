@@ -472,9 +472,8 @@ def test_a_paused_queue_is_not_claimed_from_and_not_counted_as_waiting(make_back
 
     store: Store = backend.store
     assert store.claim(["emails"], WORKER, LONG_LEASE_MS, 10) == []
-    call = store.claim_call(["emails", "default"], WORKER, LONG_LEASE_MS, 10, "c1")
-    (flat,) = store.run([call])
-    claimed, waiting = store.parse_claimed(flat, ["emails", "default"])
+    calls = store.claim_calls(["emails", "default"], WORKER, LONG_LEASE_MS, 10, "c1")
+    claimed, waiting = store.parse_claimed(store.run(calls), ["emails", "default"])
     assert [c.task_id for c in claimed] == [work] and waiting == 0
     (stats,) = store.queue_stats(["emails"])
     assert stats.paused and stats.ready == 3 and stats.work == 0
@@ -574,8 +573,8 @@ def test_purge_of_100_000_results_runs_in_bounded_batches(
     sizes: list[int] = []
     real = Store.purge_index
 
-    def counted(self: Store, index: str, status: str, cutoff_ms: int, batch: int) -> int:
-        removed = real(self, index, status, cutoff_ms, batch)
+    def counted(self: Store, queue: str, index: str, status: str, cutoff_ms: int, batch: int) -> int:
+        removed = real(self, queue, index, status, cutoff_ms, batch)
         sizes.append(removed)
         return removed
 

@@ -184,7 +184,7 @@ def test_entries_no_longer_declared_stop_and_are_dropped(make_backend: BackendFa
     assert ready_ids(new) == []
     # ...and once no worker has declared it for the stale period, a survey drops it.
     new.store.call(lambda c: c.zadd(new.keys.periodics, {"gone": 1}))
-    new.store.survey_schedule(["every-minute"], stale_ms=60_000, limit=100)
+    new.store.survey_schedule([("every-minute", "default")], stale_ms=60_000, limit=100)
     assert entry_hash(new, "gone") == {}
     assert entry_hash(new, "every-minute") != {}
 

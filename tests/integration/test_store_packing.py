@@ -63,15 +63,14 @@ def test_replies_sent_ahead_are_read_later_from_another_thread(backend: object) 
     first, second = tasks.noop_task.enqueue(), tasks.noop_task.enqueue()
     got: list[object] = []
     with store.transport.hold():
-        sent = store.transport.send_ahead([store.claim_call(["default"], "w1", 10_000, 2, "w1:1")])
+        sent = store.transport.send_ahead(store.claim_calls(["default"], "w1", 10_000, 2, "w1:1"))
         reader = threading.Thread(target=lambda: got.append(store.transport.receive(sent)))
         reader.start()
         reader.join()
         # the held connection is free again for the next round trip
         finished = store.finish(first.id, "default", "w1#1", "SUCCESSFUL", 60, {"result": "1"})
 
-    (flat,) = got[0]  # type: ignore[misc]
-    claimed, waiting = store.parse_claimed(flat, ["default"])
+    claimed, waiting = store.parse_claimed(got[0], ["default"])  # type: ignore[arg-type]
     assert [c.task_id for c in claimed] == [first.id, second.id]
     assert waiting == 0
     assert finished is True
@@ -83,7 +82,7 @@ def test_a_connection_given_back_with_replies_unread_is_not_reused_as_is(backend
     tasks.noop_task.enqueue()
     with store.transport.hold():
         store.transport.send_ahead(
-            [store.claim_call(["default"], "w1", 10_000, 1, "w1:1")]
+            store.claim_calls(["default"], "w1", 10_000, 1, "w1:1")
         )  # claims it; never read
 
     # The next round trip takes the spare connection last given back: it must read its own

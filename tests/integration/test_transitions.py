@@ -203,8 +203,8 @@ def test_claim_reports_how_many_tasks_are_still_ready(backend: RedisBackend) -> 
     calls = itertools.count()
 
     def claim(queues: list[str], count: int) -> tuple[int, int]:
-        (flat,) = store.run([store.claim_call(queues, "worker-a", LONG_LEASE_MS, count, f"w:{next(calls)}")])
-        claimed, waiting = store.parse_claimed(flat, queues)
+        sent = store.claim_calls(queues, "worker-a", LONG_LEASE_MS, count, f"w:{next(calls)}")
+        claimed, waiting = store.parse_claimed(store.run(sent), queues)
         return len(claimed), waiting
 
     assert claim(["a", "b", "c"], 2) == (2, 3)

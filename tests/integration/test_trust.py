@@ -153,10 +153,10 @@ def test_a_replayed_claim_returns_what_it_claimed_and_claims_nothing_more(backen
     """The same claim call sent twice hands back the same tasks; the next ready task stays ready."""
     store = backend.store
     first, second = tasks.noop_task.enqueue(), tasks.noop_task.enqueue()
-    call = store.claim_call(["default"], "w", LEASE_MS, 1, "w:7")
+    calls = store.claim_calls(["default"], "w", LEASE_MS, 1, "w:7")
 
-    (once,) = store.run([call])
-    (again,) = store.run([call])
+    once = store.run(calls)
+    again = store.run(calls)
 
     assert [c.task_id for c in store.parse_claimed(once, ["default"])[0]] == [first.id]
     assert store.parse_claimed(again, ["default"])[0] == store.parse_claimed(once, ["default"])[0]

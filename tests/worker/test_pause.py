@@ -35,15 +35,15 @@ IDLE_CLAIMS_MAX = 10
 
 
 def count_claims(handle: InProcessWorker) -> Callable[[], int]:
-    """Count the claim calls a worker builds (every claim, sent at once or ahead, is built by claim_call)."""
+    """Count the claim calls a worker builds (every claim, sent at once or ahead, is built by claim_calls)."""
     calls = [0]
-    build = handle.store.claim_call
+    build = handle.store.claim_calls
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         calls[0] += 1
         return build(*args, **kwargs)
 
-    handle.store.claim_call = counted  # type: ignore[method-assign]
+    handle.store.claim_calls = counted  # type: ignore[method-assign]
     return lambda: calls[0]
 
 

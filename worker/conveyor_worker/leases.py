@@ -92,7 +92,11 @@ class LeaseKeeper:
         if not (self._slots.busy or self._pipeline.has_ahead() or self._slots.alone is not None):
             return False
         try:
-            count = self._store.cancel_signal()
+            queues: set[str] = set()
+            if self._store.keys.per_queue:  # a counter per slot: those of the queues held here
+                queues = {a.queue for a in self._slots.attempts()}
+                queues.update(queue for _, queue, _ in self._pipeline.ahead_leases())
+            count = self._store.cancel_signal(sorted(queues))
         except ConveyorError:  # the renewals report Redis trouble
             return False
         moved = count != self._cancels_seen

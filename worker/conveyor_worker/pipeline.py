@@ -163,7 +163,10 @@ class ClaimPipeline:
             [self._recorder.call_for(d.attempt, d.verdict) for d in deferred] + calls if deferred else calls
         )
         if claims:
-            sent = [*sent, self._store.claim_call(queues, self._worker_id, self._lease_ms, claims, claim_id)]
+            sent = [
+                *sent,
+                *self._store.claim_calls(queues, self._worker_id, self._lease_ms, claims, claim_id),
+            ]
         return deferred, sent
 
     def _undo(self, deferred: list[Deferred], claims: int) -> None:
@@ -178,7 +181,8 @@ class ClaimPipeline:
     ) -> None:
         """Take in a round trip's replies: claimed tasks join those ahead, deferred records are done."""
         if claims:
-            found, waiting = self._store.parse_claimed(replies[-1], queues)
+            slots = len(self._store.slots(queues))  # one claim call per slot, last in the round trip
+            found, waiting = self._store.parse_claimed(replies[-slots:], queues)
             self._wakeups.left_waiting(waiting)
             self._slots.unreserve(claims - len(found))
             if found:

@@ -66,7 +66,7 @@ class Scheduler:
     def __init__(self, store: Store, plans: Sequence[Plan], *, backend: str, worker_id: str) -> None:
         self._store = store
         self._plans = tuple(plans)
-        self._names = [p.entry.name for p in self._plans]
+        self._entries = [(p.entry.name, p.queue) for p in self._plans]
         self._backend = backend
         self._worker_id = worker_id
         self._at = 0.0  # monotonic time of the next survey
@@ -79,7 +79,7 @@ class Scheduler:
         """Survey and fire what is due, if the time has come; return how many tasks were enqueued."""
         if now < self._at:
             return 0
-        server_now, states = self._store.survey_schedule(self._names, stale_ms=STALE_MS, limit=SWEEP_LIMIT)
+        server_now, states = self._store.survey_schedule(self._entries, stale_ms=STALE_MS, limit=SWEEP_LIMIT)
         wait = SCHEDULE_EVERY if self._plans else SCHEDULE_IDLE_EVERY
         enqueued = 0
         for plan, state in zip(self._plans, states, strict=True):
@@ -107,7 +107,7 @@ class Scheduler:
 
     def _tick(self, plan: Plan, seen_ms: int | None, next_ms: int, mode: str) -> int:
         entry = plan.entry
-        task_id = new_task_id()
+        task_id = self._store.keys.task_id(plan.queue, new_task_id())
         fields = codec.new_record(
             task_path=entry.task,
             queue=plan.queue,

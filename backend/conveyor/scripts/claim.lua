@@ -7,7 +7,8 @@
 --                       KEYS[6+3i] running zset (score = lease deadline in ms)
 -- ARGV[5..] the queue names, in the order of their keys (to look up in the paused set)
 -- ARGV[1] worker id ([A-Za-z0-9._:-] only)   ARGV[2] lease length in ms
--- ARGV[3] most tasks to claim   ARGV[4] how long the memo is kept, in ms (longer than a
+-- ARGV[3] most tasks to claim (0: none, only count the ready ones)
+-- ARGV[4] how long the memo is kept, in ms (longer than a
 --         client waits for a reply before it sends the call again)
 -- Returns a flat array {id1, queue index1 (0-based), {field, value, ...}, id2, ...,
 -- waiting}: the claimed tasks, then how many tasks are still ready in these queues.
@@ -161,6 +162,8 @@ end
 local waiting = 0
 if claimed > 0 then
   redis.call('SET', KEYS[2], cjson.encode(memo_out), 'PX', ARGV[4])
+end
+if claimed > 0 or limit == 0 then -- a limit of 0 only counts (a worker's other slots)
   for i = 0, nq - 1 do
     if heads[i] ~= false then -- a queue read empty above is still empty
       waiting = waiting + redis.call('ZCARD', KEYS[4 + 3 * i])
