@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from devtools.redis_cluster import LocalCluster
 from devtools.redis_server import RedisProcess, find_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,6 +148,33 @@ def own_redis() -> Iterator[RedisProcess]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def local_cluster() -> Iterator[LocalCluster]:
+    """Start a Redis Cluster of three primaries for the session (its nodes end after an hour at most)."""
+    binary = find_server_binary()
+    assert binary, "a redis-server or valkey-server binary is needed"
+    cluster = LocalCluster(binary, primaries=3, lifetime=3600)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def queues_on_every_primary(cluster: LocalCluster, prefix: str) -> list[str]:
+    """Return one queue name per primary of the cluster: each queue's slot is on a different node."""
+    from conveyor.keys import Keys
+    from redis.crc import key_slot
+
+    keys, chosen = Keys(prefix, per_queue=True), {}
+    for n in range(1000):
+        queue = f"queue-{n}"
+        chosen.setdefault(cluster.node_of_slot(key_slot(keys.of(queue).tag.encode())), queue)
+        if len(chosen) == cluster.primaries:
+            return [chosen[i] for i in range(cluster.primaries)]
+    raise AssertionError("no queue names found for every primary")
 
 
 @dataclass(frozen=True)

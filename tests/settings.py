@@ -19,6 +19,9 @@ TASKS = {
 # The test project's only app is conveyor (for its command); tasks come from the tests package.
 if os.environ.get("CONVEYOR_TEST_ALLOW_LIST") != "none":
     TASKS["default"]["OPTIONS"]["ALLOWED_TASK_MODULES"] = ["tests"]
+# A Redis Cluster of several primaries, each queue in its own slot (tests/worker/test_cluster_worker.py).
+if os.environ.get("CONVEYOR_TEST_CLUSTER") == "per-queue":
+    TASKS["default"]["OPTIONS"].update(CLUSTER=True, HASH_TAG_PER_QUEUE=True)
 # A raw (string) MAX_ATTEMPTS, for the worker's start-up check of Django's proposed retry settings.
 if os.environ.get("CONVEYOR_TEST_MAX_ATTEMPTS"):
     TASKS["default"]["MAX_ATTEMPTS"] = os.environ["CONVEYOR_TEST_MAX_ATTEMPTS"]

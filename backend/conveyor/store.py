@@ -515,7 +515,7 @@ class Store:
     async def _apipeline(client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
         pipe = client.pipeline(transaction=False)
         for call in calls:
-            pipe.evalsha(script_sha(call.name), len(call.keys), *call.keys, *call.args)
+            pipe.execute_command("EVALSHA", script_sha(call.name), len(call.keys), *call.keys, *call.args)
         return list(await pipe.execute(raise_on_error=False))
 
     def get(self, task_id: str) -> dict[bytes, bytes]:
@@ -556,7 +556,7 @@ class Store:
             for attempt in (1, 2):
                 pipe = client.pipeline(transaction=False)
                 for task_id in task_ids:
-                    pipe.evalsha(sha, 1, self.keys.task(task_id))
+                    pipe.execute_command("EVALSHA", sha, 1, self.keys.task(task_id))
                 replies = await pipe.execute(raise_on_error=False)
                 if attempt == 1 and any(isinstance(r, NoScriptError) for r in replies):
                     await client.script_load(script_source("wait"))  # Redis lost it: load, send again
@@ -842,20 +842,25 @@ class Store:
         """
         if self._wait_pool is None:
             self._wait_pool = concurrent.futures.ThreadPoolExecutor(64, thread_name_prefix="conveyor-wait")
-        block = max(timeout, 0.001)
-        for k, group in groups:
-            if k.tag not in self._waits:
-                keys = [k.wake(q) for q in group]
-                self._waits[k.tag] = self._wait_pool.submit(self.client.blpop, keys, timeout=block)
-        waits = [self._waits[k.tag] for k, _ in groups]
-        concurrent.futures.wait(waits, timeout=block + 0.05, return_when=concurrent.futures.FIRST_COMPLETED)
-        woken = False
-        for (k, _), wait in zip(groups, waits, strict=True):
-            if wait.done():
-                del self._waits[k.tag]
-                with self._boundary():
-                    woken = wait.result() is not None or woken
-        return woken
+        deadline = time.monotonic() + max(timeout, 0.001)
+        while True:
+            left = max(deadline - time.monotonic(), 0.001)
+            for k, group in groups:
+                if k.tag not in self._waits:
+                    keys = [k.wake(q) for q in group]
+                    self._waits[k.tag] = self._wait_pool.submit(self.client.blpop, keys, timeout=left)
+            waits = [self._waits[k.tag] for k, _ in groups]
+            concurrent.futures.wait(
+                waits, timeout=left + 0.05, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            woken = False
+            for (k, _), wait in zip(groups, waits, strict=True):
+                if wait.done():
+                    del self._waits[k.tag]
+                    with self._boundary():
+                        woken = wait.result() is not None or woken
+            if woken or time.monotonic() >= deadline:
+                return woken
 
     def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
         """Read per-queue counts by the server clock: TIME, then six commands per queue in one trip."""
@@ -1108,12 +1113,24 @@ class Store:
         """Return the server's eviction and persistence settings; None when CONFIG GET is refused.
 
         Managed services and ACL users without +config refuse it (or rename the command).
+        On a Redis Cluster every primary is asked and the first that risks tasks is returned.
         """
         with self._boundary():
-            pipe = self.client.pipeline(transaction=False)
-            for name in PARAMETERS:
-                pipe.config_get(name)
-            replies = pipe.execute(raise_on_error=False)
+            if not self.options.cluster:
+                return self._durability_of(self.client)
+            client: Any = self.client
+            found = [self._durability_of(client.get_redis_connection(n)) for n in client.get_primaries()]
+        if any(d is None for d in found):
+            return None
+        risky = [d for d in found if d is not None and (d.eviction_risk() or d.persistence_risk())]
+        return (risky or found)[0]
+
+    @staticmethod
+    def _durability_of(client: redis.Redis) -> Durability | None:
+        pipe = client.pipeline(transaction=False)
+        for name in PARAMETERS:
+            pipe.config_get(name)
+        replies = pipe.execute(raise_on_error=False)
         if any(isinstance(reply, ResponseError) for reply in replies):
             return None
         config: dict[str, str] = {}
