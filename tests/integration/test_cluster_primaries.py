@@ -112,7 +112,7 @@ def test_each_queue_keeps_its_keys_and_tasks_on_its_own_primary(
 
 
 def test_the_whole_lifecycle_runs_across_three_primaries(backend: RedisBackend, queues: list[str]) -> None:
-    """Claim, renew, finish, release, retry, postpone, reclaim, promote, trim: one call per slot, no CROSSSLOT."""
+    """Claim, renew, finish, release, retry, postpone, reclaim, promote, trim: per slot, no CROSSSLOT."""
     store = backend.store
     a, b, c = queues
     done = backend.enqueue(tasks.calculate_meaning_of_life.using(queue_name=a), (), {})
@@ -152,7 +152,7 @@ def test_the_whole_lifecycle_runs_across_three_primaries(backend: RedisBackend, 
 def test_a_claim_takes_work_from_whichever_slot_has_it(backend: RedisBackend, queues: list[str]) -> None:
     """One slot claims per round trip; the others count their ready tasks, so none is left behind."""
     store = backend.store
-    a, b, c = queues
+    c = queues[2]
     for _ in range(3):
         backend.enqueue(tasks.noop_task.using(queue_name=c), (), {})
 
@@ -185,7 +185,7 @@ def test_results_are_found_from_the_id_alone(
     """A fresh backend (another web process) reads, waits for and awaits results on every primary."""
     results = [backend.enqueue(tasks.echo.using(queue_name=q), (q,), {}) for q in queues]
     store = backend.store
-    for r, q in zip(results, queues, strict=True):
+    for q in queues:
         [x] = store.claim([q], "w", LONG_LEASE_MS, 1)
         assert store.finish(x.task_id, q, x.token, "SUCCESSFUL", 60, {"result": f'["{q}"]'})
 
