@@ -72,6 +72,11 @@ ACL_COMMANDS: tuple[str, ...] = (
 # also lets the user read every other server setting, masterauth and requirepass included.
 OPTIONAL_COMMANDS: tuple[str, ...] = ("config|get",)
 
+# With CLUSTER: redis-py's cluster client reads the slot map and the command table (to find the
+# keys of each command) when it connects, and again when a slot moves. Proven on a 3-primary
+# cluster by tests/integration/test_cluster_primaries.py.
+CLUSTER_COMMANDS: tuple[str, ...] = ("cluster|slots", "command")
+
 
 def setuser_command(
     prefix: str = "conveyor",
@@ -81,10 +86,13 @@ def setuser_command(
     db: int = 0,
     commands: tuple[str, ...] = ACL_COMMANDS,
     per_queue: bool = False,
+    cluster: bool = False,
 ) -> str:
     """Return the ACL SETUSER line for a user that may run conveyor on one KEY_PREFIX and nothing else."""
     keys = Keys(prefix, per_queue=per_queue)  # HASH_TAG_PER_QUEUE adds the queues' own tags
     granted = [*commands, "select"] if db else list(commands)  # redis-py sends SELECT for a DB above 0
+    if cluster:
+        granted += CLUSTER_COMMANDS
     parts = [
         "ACL SETUSER",
         user,

@@ -21,7 +21,13 @@ import redis.cluster
 import redis.sentinel
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
@@ -359,6 +365,8 @@ class Store:
             yield
         except (RedisError, OSError) as exc:
             raise self._translate_any(exc) from exc
+        except RedisClusterException as exc:  # the cluster client's own (no node reachable, no slot map)
+            raise RedisUnavailable(f"Redis Cluster at {self.options.describe_target()}: {exc}") from exc
 
     @asynccontextmanager
     async def _aboundary(self) -> Any:
@@ -366,6 +374,8 @@ class Store:
             yield
         except (RedisError, OSError) as exc:
             raise self._translate_any(exc) from exc
+        except RedisClusterException as exc:
+            raise RedisUnavailable(f"Redis Cluster at {self.options.describe_target()}: {exc}") from exc
 
     def slots(self, queues: Sequence[str]) -> list[tuple[Keys, list[str]]]:
         """Group queues by the slot their keys live in: one group unless HASH_TAG_PER_QUEUE."""

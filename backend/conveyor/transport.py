@@ -13,7 +13,7 @@ from importlib import resources
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .exceptions import ConveyorError, RedisUnavailable
@@ -272,6 +272,8 @@ class ClusterTransport:
                     replies[i] = reply
         except (RedisError, OSError) as exc:
             raise self._translate(exc) from exc
+        except RedisClusterException as exc:  # no node reachable, no slot map
+            raise RedisUnavailable(f"Redis Cluster: {exc}") from exc
         if not check:
             return [self._translate(r) if isinstance(r, RedisError) else r for r in replies]
         for reply in replies:

@@ -16,6 +16,8 @@ import conveyor
 import pytest
 import redis
 from conveyor import RedisBackend
+from conveyor.acl import setuser_command
+from conveyor.exceptions import RedisUnavailable
 from conveyor.keys import Keys, token_of
 from conveyor.ops import Operator
 from conveyor_worker.scheduler import Scheduler, plans_of
@@ -268,3 +270,47 @@ def test_periodic_entries_tick_in_their_queue_slots(make_cluster_backend: Any, q
     rows = Operator(backend).schedules()
     assert {r.name for r in rows} == {f"every-{q}" for q in queues}
     assert all(r.declared and r.last_task_id for r in rows)
+
+
+def test_the_acl_line_with_cluster_commands_is_all_a_cluster_backend_needs(
+    local_cluster: LocalCluster, queues: list[str], prefix: str
+) -> None:
+    """As a user of setuser_command(per_queue=True, cluster=True) on every node, nothing is refused."""
+    user = "u" + prefix
+    admins = [redis.Redis(host="127.0.0.1", port=n.port) for n in local_cluster.nodes]
+    url = f"redis://{user}:pw@127.0.0.1:{local_cluster.nodes[0].port}/0"
+    options = {"URL": url, "KEY_PREFIX": prefix, "ALLOWED_TASK_MODULES": ["tests"]}
+    options |= {"CLUSTER": True, "HASH_TAG_PER_QUEUE": True}
+    try:
+        for admin in admins:
+            admin.execute_command(*setuser_command(prefix, user=user, password="pw", per_queue=True).split())
+        without = RedisBackend("default", {"QUEUES": queues, "OPTIONS": options})
+        with pytest.raises(RedisUnavailable, match="Redis Cluster"):  # the slot map is refused
+            without.enqueue(tasks.noop_task.using(queue_name=queues[0]), (), {})
+        without.store.close()
+
+        line = setuser_command(prefix, user=user, password="pw", per_queue=True, cluster=True)
+        for admin in admins:
+            admin.execute_command(*line.split())
+            admin.acl_log_reset()
+        backend = RedisBackend("default", {"QUEUES": queues, "OPTIONS": options})
+        ids = [backend.enqueue(tasks.noop_task.using(queue_name=q), (), {}).id for q in queues]
+        backend.enqueue_many(tasks.noop_task.using(queue_name=queues[1]), [((), {})] * 3)
+        store = backend.store
+        for x in store.claim(queues, "w", LONG_LEASE_MS, 10):
+            assert store.finish(x.task_id, x.queue, x.token, "SUCCESSFUL", 60, {"result": "null"})
+        store.promote(queues, limit=10)
+        store.wait_for_work(queues, 0.05)
+        store.cancel_signal(queues)
+        store.heartbeat("w", "{}", 1_000)
+        assert store.durability() is None  # CONFIG GET is not granted: the check is skipped, not failed
+        assert Operator(backend).status().queues
+        assert all(backend.get_result(i).status == TaskResultStatus.SUCCESSFUL for i in ids)
+        backend.store.close()
+        refused = {entry["object"] for admin in admins for entry in admin.acl_log()}
+        # CONFIG GET is optional (acl.OPTIONAL_COMMANDS); redis-py ignores a refused CLIENT SETINFO.
+        assert refused <= {"config|get", "client|setinfo"}
+    finally:
+        for admin in admins:
+            admin.execute_command("ACL", "DELUSER", user)
+            admin.close()
