@@ -16,6 +16,7 @@ from typing import Any
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.connection
 import redis.asyncio.sentinel
 import redis.cluster
 import redis.sentinel
@@ -599,7 +600,8 @@ class Store:
         loop = asyncio.get_running_loop()
         silence = self.options.socket_timeout  # quiet this long: PING; twice as long: dead
         async with self._aboundary():
-            pubsub = self._async_client().pubsub()
+            node = await self._async_node_client() if self.options.cluster else None
+            pubsub = (node or self._async_client()).pubsub()
             try:
                 await pubsub.subscribe(self._done_channel)
                 heard = loop.time()
@@ -626,6 +628,19 @@ class Store:
                 yield next_id
             finally:
                 await pubsub.aclose()
+                if node is not None:
+                    await node.aclose()
+
+    async def _async_node_client(self) -> Any:
+        """Return a plain client of one cluster node for SUBSCRIBE (a PUBLISH reaches every node)."""
+        cluster = self._async_client()
+        await cluster.initialize()
+        node = cluster.get_random_node()
+        kwargs = self._pool_kwargs(redis.asyncio.SSLConnection, AsyncRetry(NoBackoff(), 1))
+        if self.options.url is not None:
+            kwargs.update(redis.asyncio.connection.parse_url(self.options.url))  # credentials, TLS
+        kwargs.update(host=node.host, port=node.port, db=0)
+        return redis.asyncio.Redis(**kwargs)
 
     def ping(self) -> bool:
         """Round-trip to Redis; raise RedisUnavailable when that fails."""
@@ -998,6 +1013,24 @@ class Store:
         with self._boundary():
             score = self.client.zscore(self.keys.of(queue).scheduled(queue), task_id)
         return None if score is None else int(score)  # type: ignore[arg-type]
+
+    def stranded(self, queues: Sequence[str]) -> dict[str, int]:
+        """Return, per queue, the unfinished tasks kept under the other layout (HASH_TAG_PER_QUEUE flipped).
+
+        Workers look only at the layout the option names, so such tasks wait until a worker
+        runs with the option as it was when they were enqueued (docs/cluster.md).
+        """
+        other = Keys(self.keys.prefix, per_queue=not self.keys.per_queue)
+        with self._boundary():
+            pipe = self.client.pipeline(transaction=False)
+            for q in queues:
+                k = other.of(q)
+                pipe.zcard(k.ready(q))
+                pipe.zcard(k.scheduled(q))
+                pipe.zcard(k.running(q))
+            replies = pipe.execute() if queues else []
+        counts = {q: sum(int(r) for r in replies[3 * i : 3 * i + 3]) for i, q in enumerate(queues)}
+        return {q: n for q, n in counts.items() if n}
 
     def knows_queue(self, queue: str) -> bool:
         """Tell whether a queue name has seen a task."""

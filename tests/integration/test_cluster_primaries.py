@@ -8,6 +8,8 @@ in the wrong slot. The queues are picked so that each one's slot is on a differe
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -314,3 +316,46 @@ def test_the_acl_line_with_cluster_commands_is_all_a_cluster_backend_needs(
         for admin in admins:
             admin.execute_command("ACL", "DELUSER", user)
             admin.close()
+
+
+def test_waiters_hear_of_tasks_that_finish_after_they_started_waiting(
+    backend: RedisBackend, queues: list[str]
+) -> None:
+    """wait_result blocks on the task's done list in its slot; await_result hears the finished channel."""
+    store = backend.store
+    results = [backend.enqueue(tasks.echo.using(queue_name=q), (q,), {}) for q in queues]
+
+    def finish_later() -> None:
+        time.sleep(0.5)
+        for q in queues:
+            [x] = store.claim([q], "w", LONG_LEASE_MS, 1)
+            assert store.finish(x.task_id, q, x.token, "SUCCESSFUL", 60, {"result": f'["{q}"]'})
+
+    async def awaited() -> list[Any]:
+        finisher = threading.Thread(target=finish_later)
+        finisher.start()
+        try:
+            # No timeout of their own: only the finished channel can end these waits (the test's bound
+            # is far above the half second they take).
+            waits = asyncio.gather(*(conveyor.await_result(r, timeout=None) for r in results[1:]))
+            done = await asyncio.wait_for(waits, 60)
+        finally:
+            await asyncio.to_thread(finisher.join)
+        return [d.return_value for d in done]
+
+    assert asyncio.run(awaited()) == [[q] for q in queues[1:]]
+    assert conveyor.wait_result(results[0], timeout=5).return_value == [queues[0]]
+
+    later = backend.enqueue(tasks.echo.using(queue_name=queues[2]), ("late",), {})
+    finisher = threading.Timer(0.5, lambda: finish_one(backend, queues[2], '["late"]'))
+    finisher.start()
+    try:
+        assert conveyor.wait_result(later, timeout=10).return_value == ["late"]
+    finally:
+        finisher.join()
+
+
+def finish_one(backend: RedisBackend, queue: str, result: str) -> None:
+    """Claim the one ready task of a queue and record it SUCCESSFUL with a JSON result."""
+    [x] = backend.store.claim([queue], "w", LONG_LEASE_MS, 1)
+    assert backend.store.finish(x.task_id, queue, x.token, "SUCCESSFUL", 60, {"result": result})

@@ -12,6 +12,7 @@ from conveyor import RedisBackend
 from django.core import checks
 
 from devtools.redis_server import RedisProcess, find_server_binary
+from tests import tasks
 from tests.conftest import SAVE_POINTS
 
 from .conftest import BackendFactory, start_worker
@@ -144,3 +145,24 @@ def test_worker_is_quiet_about_a_durable_redis(
     records = worker_start_records(make_backend(URL=server.url), caplog)
 
     assert not [r for r in records if str(getattr(r, "event", "")).startswith("redis_durability")]
+
+
+def test_a_worker_warns_of_tasks_kept_under_the_other_key_layout(
+    make_backend: BackendFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tasks enqueued before HASH_TAG_PER_QUEUE was switched are named at start, per queue: they wait."""
+    before = make_backend()
+    for queue in ("default", "default", "emails"):
+        before.enqueue(tasks.noop_task.using(queue_name=queue), (), {})
+    after = make_backend(HASH_TAG_PER_QUEUE=True)
+    assert after.store.stranded(["default", "emails", "other"]) == {"default": 2, "emails": 1}
+
+    records = worker_start_records(after, caplog)
+
+    [line] = [r for r in records if getattr(r, "event", None) == "tasks_in_other_layout"]
+    assert line.levelno == logging.WARNING
+    assert line.queues == {"default": 2, "emails": 1}  # type: ignore[attr-defined]
+    assert "HASH_TAG_PER_QUEUE off" in line.getMessage()
+    # And the other way round: a task enqueued with it on is named by a worker with it off.
+    after.enqueue(tasks.noop_task.using(queue_name="emails"), (), {})
+    assert before.store.stranded(["default", "emails"]) == {"emails": 1}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from conveyor.keys import Keys
+from conveyor.keys import Keys, token_of
 
 QUEUES = ("default", "emails", "with space", "{braces}", "a}b", "ünïcode", "colons:in:it", "")
 
@@ -139,3 +139,80 @@ def test_keys_is_frozen() -> None:
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         keys.prefix = "other"  # type: ignore[misc]
+
+
+def slot_keys(keys: Keys, queue: str, task_id: str) -> list[str]:
+    """Return every key a script of one queue touches with its task's keys (HASH_TAG_PER_QUEUE)."""
+    k = keys.of(queue)
+    return [
+        *(f(queue) for f in (k.ready, k.ready_since, k.scheduled, k.running, k.wake, k.failed, k.succeeded)),
+        k.seq,
+        k.paused,
+        k.cancels,
+        k.queues,
+        k.reclaim_state,
+        k.periodics,
+        k.periodic("entry"),
+        k.claim_memo("w:1"),
+        k.unique("digest"),
+        k.task_prefix + task_id,
+        k.done_prefix + task_id,
+        keys.task(task_id),
+        keys.done(task_id),
+    ]
+
+
+@pytest.mark.parametrize("queue", QUEUES)
+def test_per_queue_keys_of_one_queue_and_its_tasks_share_one_slot(queue: str) -> None:
+    """Every key a queue's scripts touch, and its tasks' keys found from the id alone, hash to one slot."""
+    keys = Keys("conveyor", per_queue=True)
+    task_id = keys.task_id(queue, "RaNdOm_-id")
+
+    slots = {cluster_slot(name) for name in slot_keys(keys, queue, task_id)}
+
+    assert len(slots) == 1
+    assert keys.of(queue).tag.startswith("{conveyor/") and keys.of(queue).tag.count("}") == 1
+
+
+def test_per_queue_tags_differ_per_queue_and_from_the_backend_own() -> None:
+    """Each queue gets its own tag (so slots can differ); queues, workers and project keep the backend's."""
+    keys = Keys("conveyor", per_queue=True)
+    tags = {keys.of(q).tag for q in QUEUES}
+
+    assert len(tags) == len(QUEUES)
+    assert keys.tag not in tags
+    assert {keys.queues, keys.workers, keys.project, keys.worker("w")} == {
+        "{conveyor}:queues",
+        "{conveyor}:workers",
+        "{conveyor}:project",
+        "{conveyor}:worker:w",
+    }
+    assert keys.of("a") is keys.of("a")  # built once
+
+
+def test_a_task_id_names_its_slot_and_ids_without_a_token_keep_the_backend_tag() -> None:
+    """task_id() puts the queue's token first; task() reads it back; an id without one stays global."""
+    keys = Keys("p", per_queue=True)
+    task_id = keys.task_id("emails", "abc")
+    token = keys.of("emails").token
+
+    assert task_id == f"{token}.abc" and token_of(task_id) == token and len(token) == 8
+    assert keys.task(task_id) == "{p/" + token + "}:task:" + task_id
+    assert keys.task("abc") == "{p}:task:abc"
+    assert token_of("ABCDEF12.x") is None and token_of("abcdef1.xy") is None and token_of("abcdef12") is None
+    assert Keys("p").task_id("emails", "abc") == "abc"  # off: ids are unchanged
+    assert Keys("p").of("emails") is not None and Keys("p").of("emails").tag == "{p}"
+
+
+def test_per_queue_key_patterns_cover_both_tags_and_no_other_prefix() -> None:
+    """The ACL patterns match the backend's keys and its queues' keys, not another prefix's."""
+    import fnmatch
+
+    keys = Keys("app", per_queue=True)
+    patterns = keys.globs
+    mine = [keys.queues, keys.of("q").ready("q"), keys.task(keys.task_id("q", "x"))]
+    theirs = [Keys("app2", per_queue=True).of("q").ready("q"), Keys("app:x").queues, "{app}x"]
+
+    assert all(any(fnmatch.fnmatchcase(k, p) for p in patterns) for k in mine)
+    assert not any(fnmatch.fnmatchcase(k, p) for k in theirs for p in patterns)
+    assert Keys("app").globs == ("{app}:*",)

@@ -321,3 +321,18 @@ def test_sentinels_option_pairs_are_read() -> None:
     assert options.sentinels == (("s1", 26379), ("s2", 26380))
     assert (options.service_name, options.db, options.password) == ("main", 2, "pw")
     assert options.sentinel_kwargs() == {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
+
+
+def test_cluster_options_are_read_and_refused_with_sentinel_or_a_db() -> None:
+    """CLUSTER and HASH_TAG_PER_QUEUE are flags; a cluster has no sentinels and only database 0."""
+    options, problems = parse_options(
+        {"URL": "redis://node-1:6379/0", "CLUSTER": True, "HASH_TAG_PER_QUEUE": True}
+    )
+    assert problems == [] and options.cluster and options.hash_tag_per_queue
+    assert parse_options({})[0].cluster is False and parse_options({})[0].hash_tag_per_queue is False
+
+    assert "CLUSTER" in problems_of({"URL": "redis+sentinel://s:26379/mymaster", "CLUSTER": True})
+    assert problems_of({"HOST": "node-1", "DB": 2, "CLUSTER": True}) == {
+        "DB": "A Redis Cluster has only database 0."
+    }
+    assert "HASH_TAG_PER_QUEUE" in problems_of({"HASH_TAG_PER_QUEUE": "yes"})

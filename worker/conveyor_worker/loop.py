@@ -15,7 +15,7 @@ from .drain import drain
 from .executor import Executor
 from .leases import LeaseKeeper
 from .lifecycle import Heartbeat, Lifecycle, State
-from .maintenance import Maintenance, claim_project, report_durability
+from .maintenance import Maintenance, claim_project, report_durability, report_layout
 from .metrics import Metrics
 from .pacing import Pacer
 from .pipeline import ClaimPipeline
@@ -179,6 +179,7 @@ class Worker:
             ):
                 self.registry.start()  # only once this project owns the prefix
                 report_durability(self.store, self.worker_id)
+                report_layout(self.store, self.worker_id)
                 self.lifecycle.start()
                 with contextlib.suppress(RedisUnavailable):  # the loop below reports it and retries
                     self.maintenance.refresh_queues()  # so the processors know where to claim from the start

@@ -206,6 +206,22 @@ def claim_project(
     return True  # stopped before Redis answered: the run loop ends at once
 
 
+def report_layout(store: Store, worker_id: str) -> None:
+    """Log once, at start, tasks this worker never sees: kept under the other HASH_TAG_PER_QUEUE layout."""
+    try:
+        stranded = store.stranded(sorted(store.known_queues()))
+    except ConveyorError:
+        return  # the loop reports Redis trouble itself
+    if stranded:
+        logger.warning(
+            "%d tasks were enqueued with HASH_TAG_PER_QUEUE %s, which this worker does not read: "
+            "run workers with the old setting until they are done (docs/cluster.md)",
+            sum(stranded.values()),
+            "off" if store.keys.per_queue else "on",
+            extra={"worker_id": worker_id, "event": "tasks_in_other_layout", "queues": stranded},
+        )
+
+
 def report_durability(store: Store, worker_id: str) -> None:
     """Log once, at start, a Redis that would lose tasks silently (eviction, no persistence)."""
     try:
