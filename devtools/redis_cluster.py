@@ -64,8 +64,48 @@ class LocalCluster:
         return low, SLOTS - 1 if index == self.primaries - 1 else low + per - 1
 
     def node_of_slot(self, slot: int) -> int:
-        """Return the index of the node that owns a slot (as started; nothing is resharded)."""
+        """Return the index of the node that owned a slot when started (owner_of() asks, after a move)."""
         return min(slot // (SLOTS // self.primaries), self.primaries - 1)
+
+    def owner_of(self, slot: int) -> int:
+        """Return the index of the node that owns a slot now (asked of the first node)."""
+        client = redis.Redis(host="127.0.0.1", port=self.nodes[0].port, socket_timeout=5)
+        try:
+            for low, high, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if low <= slot <= high:
+                    port = int(primary[1])
+                    return next(i for i, n in enumerate(self.nodes) if n.port == port)
+        finally:
+            client.close()
+        raise LookupError(f"no node owns slot {slot}")
+
+    def move_slot(self, slot: int, to: int, batch: int = 10, pause: float = 0.0) -> int:
+        """Move a slot and its keys to node `to` the way redis-cli --cluster reshard does; return keys moved.
+
+        The slot is MIGRATING on its owner and IMPORTING on the target while its keys go over
+        in batches (pause seconds apart), so clients meet ASK and TRYAGAIN meanwhile.
+        """
+        source = self.owner_of(slot)
+        if source == to:
+            return 0
+        clients = [redis.Redis(host="127.0.0.1", port=n.port, socket_timeout=10) for n in self.nodes]
+        try:
+            ids = [c.execute_command("CLUSTER", "MYID") for c in clients]
+            ids = [i.decode() if isinstance(i, bytes) else i for i in ids]
+            clients[to].execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+            clients[source].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[to])
+            moved = 0
+            while keys := clients[source].execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
+                port = self.nodes[to].port
+                clients[source].execute_command("MIGRATE", "127.0.0.1", port, "", 0, 5000, "KEYS", *keys)
+                moved += len(keys)
+                time.sleep(pause)
+            for client in (clients[to], clients[source], *clients):
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[to])
+            return moved
+        finally:
+            for client in clients:
+                client.close()
 
     def _ready(self, client: redis.Redis) -> bool:
         info = client.execute_command("CLUSTER", "INFO")

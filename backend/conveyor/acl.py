@@ -85,11 +85,10 @@ def setuser_command(
     password: str = "CHANGE-ME",  # noqa: S107 - a placeholder the docs show, never a real password
     db: int = 0,
     commands: tuple[str, ...] = ACL_COMMANDS,
-    per_queue: bool = False,
     cluster: bool = False,
 ) -> str:
     """Return the ACL SETUSER line for a user that may run conveyor on one KEY_PREFIX and nothing else."""
-    keys = Keys(prefix, per_queue=per_queue)  # HASH_TAG_PER_QUEUE adds the queues' own tags
+    keys = Keys(prefix)
     granted = [*commands, "select"] if db else list(commands)  # redis-py sends SELECT for a DB above 0
     if cluster:
         granted += CLUSTER_COMMANDS

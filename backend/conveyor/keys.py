@@ -85,9 +85,12 @@ class Keys:
 
     @property
     def globs(self) -> tuple[str, ...]:
-        """Return the patterns matching every key of this backend (for an ACL user's ~patterns)."""
-        own = f"{{{self.prefix}}}:*"
-        return (own, f"{{{self.prefix}/*") if self.per_queue else (own,)
+        """Return the patterns matching every key of this backend in either layout (for ACL ~patterns).
+
+        Both, whatever HASH_TAG_PER_QUEUE says: a worker looks for tasks left under the other
+        layout at start, and switching the option needs no new ACL.
+        """
+        return (f"{{{self.prefix}}}:*", f"{{{self.prefix}/*")
 
     @property
     def task_prefix(self) -> str:

@@ -24,10 +24,12 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
     AuthenticationError,
+    ClusterError,
     NoScriptError,
     RedisClusterException,
     RedisError,
     ResponseError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -37,7 +39,15 @@ from .durability import PARAMETERS, Durability
 from .exceptions import ConveyorError, RedisUnavailable
 from .keys import Keys
 from .options import Options
-from .transport import ClusterTransport, ScriptCall, Sent, Transport, script_sha, script_source
+from .transport import (
+    RESHARD_WAIT,
+    ClusterTransport,
+    ScriptCall,
+    Sent,
+    Transport,
+    script_sha,
+    script_source,
+)
 
 __all__ = [
     "Claimed",
@@ -507,20 +517,42 @@ class Store:
         """Send script calls in one round trip on the running event loop, like run()."""
         async with self._aboundary():
             client = self._async_client()
-            replies = await self._apipeline(client, calls)
-            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-            if missing:  # Redis lost them (a restart, SCRIPT FLUSH): load them, send those again
-                for name in {calls[i].name for i in missing}:
-                    await client.script_load(script_source(name))
-                again = await self._apipeline(client, [calls[i] for i in missing])
-                for i, reply in zip(missing, again, strict=True):
-                    replies[i] = reply
+            replies: list[Any] = [None] * len(calls)
+            todo = list(range(len(calls)))
+            deadline, pause = time.monotonic() + RESHARD_WAIT, 0.02
+            while True:  # calls refused while their slot moves go again (CLUSTER; see ClusterTransport.run)
+                try:
+                    for i, reply in zip(
+                        todo, await self._acomplete(client, [calls[i] for i in todo]), strict=True
+                    ):
+                        replies[i] = reply
+                    todo = [i for i in todo if isinstance(replies[i], (TryAgainError, ClusterError))]
+                except (ClusterError, TryAgainError):
+                    if not self.options.cluster or time.monotonic() > deadline:
+                        raise
+                else:
+                    if not todo or not self.options.cluster or time.monotonic() > deadline:
+                        break
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
         translated = [self._translate(r) if isinstance(r, RedisError) else r for r in replies]
         if check:
             for reply in translated:
                 if isinstance(reply, ConveyorError):
                     raise reply
         return translated
+
+    async def _acomplete(self, client: Any, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Send calls in one pipeline; load scripts Redis lost (a restart, SCRIPT FLUSH), send those again."""
+        replies = await self._apipeline(client, calls)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            for name in {calls[i].name for i in missing}:
+                await client.script_load(script_source(name))
+            again = await self._apipeline(client, [calls[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
 
     @staticmethod
     async def _apipeline(client: Any, calls: Sequence[ScriptCall]) -> list[Any]:

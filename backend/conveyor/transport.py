@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,8 +13,15 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from redis.exceptions import (
+    ClusterError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .exceptions import ConveyorError, RedisUnavailable
@@ -23,6 +31,10 @@ try:
     from hiredis import pack_command
 except ImportError:  # hiredis is an optional extra
     pack_command = None
+
+
+# How long a script call refused while its slot moves between primaries is sent again (CLUSTER).
+RESHARD_WAIT = 30.0
 
 
 @cache
@@ -260,25 +272,51 @@ class ClusterTransport:
         yield
 
     def run(self, calls: Sequence[ScriptCall], *, check: bool = True) -> list[Any]:
-        """Send script calls in one pipeline over the primaries; return their replies (see Transport.run)."""
-        try:
-            replies = self._pipeline(calls)
-            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-            if missing:  # a primary lost them, or is new: load on every primary, send those again
-                client = self._client()
-                for name in {calls[i].name for i in missing}:
-                    client.script_load(script_source(name))
-                for i, reply in zip(missing, self._pipeline([calls[i] for i in missing]), strict=True):
+        """Send script calls in one pipeline over the primaries; return their replies (see Transport.run).
+
+        While a slot moves between primaries, a script whose keys are split between the two
+        is refused (TRYAGAIN, or redirections until the client gives up): such calls are sent
+        again, with a growing pause, for up to RESHARD_WAIT seconds. Every script is safe to
+        repeat (enqueue by task id, the rest fenced by owner), as for a broken connection.
+        """
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        deadline = time.monotonic() + RESHARD_WAIT
+        pause = 0.02
+        while True:
+            try:
+                for i, reply in zip(todo, self._complete([calls[i] for i in todo]), strict=True):
                     replies[i] = reply
-        except (RedisError, OSError) as exc:
-            raise self._translate(exc) from exc
-        except RedisClusterException as exc:  # no node reachable, no slot map
-            raise RedisUnavailable(f"Redis Cluster: {exc}") from exc
+                todo = [i for i in todo if isinstance(replies[i], (TryAgainError, ClusterError))]
+            except (ClusterError, TryAgainError) as exc:  # the pipeline gave up: send it all again
+                if time.monotonic() > deadline:
+                    raise self._translate(exc) from exc
+            except (RedisError, OSError) as exc:
+                raise self._translate(exc) from exc
+            except RedisClusterException as exc:  # no node reachable, no slot map
+                raise RedisUnavailable(f"Redis Cluster: {exc}") from exc
+            else:
+                if not todo or time.monotonic() > deadline:
+                    break
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
         if not check:
             return [self._translate(r) if isinstance(r, RedisError) else r for r in replies]
         for reply in replies:
             if isinstance(reply, RedisError):
                 raise self._translate(reply) from reply
+        return replies
+
+    def _complete(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Send calls in one pipeline; load scripts a primary lacks and send those calls again."""
+        replies = self._pipeline(calls)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:  # a primary lost them, or is new: load on every primary, send those again
+            client = self._client()
+            for name in {calls[i].name for i in missing}:
+                client.script_load(script_source(name))
+            for i, reply in zip(missing, self._pipeline([calls[i] for i in missing]), strict=True):
+                replies[i] = reply
         return replies
 
     def send_ahead(self, calls: Sequence[ScriptCall]) -> Sent:

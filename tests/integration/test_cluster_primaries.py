@@ -277,7 +277,7 @@ def test_periodic_entries_tick_in_their_queue_slots(make_cluster_backend: Any, q
 def test_the_acl_line_with_cluster_commands_is_all_a_cluster_backend_needs(
     local_cluster: LocalCluster, queues: list[str], prefix: str
 ) -> None:
-    """As a user of setuser_command(per_queue=True, cluster=True) on every node, nothing is refused."""
+    """As a user of setuser_command(cluster=True) on every node, nothing is refused."""
     user = "u" + prefix
     admins = [redis.Redis(host="127.0.0.1", port=n.port) for n in local_cluster.nodes]
     url = f"redis://{user}:pw@127.0.0.1:{local_cluster.nodes[0].port}/0"
@@ -285,13 +285,13 @@ def test_the_acl_line_with_cluster_commands_is_all_a_cluster_backend_needs(
     options |= {"CLUSTER": True, "HASH_TAG_PER_QUEUE": True}
     try:
         for admin in admins:
-            admin.execute_command(*setuser_command(prefix, user=user, password="pw", per_queue=True).split())
+            admin.execute_command(*setuser_command(prefix, user=user, password="pw").split())
         without = RedisBackend("default", {"QUEUES": queues, "OPTIONS": options})
         with pytest.raises(RedisUnavailable, match="Redis Cluster"):  # the slot map is refused
             without.enqueue(tasks.noop_task.using(queue_name=queues[0]), (), {})
         without.store.close()
 
-        line = setuser_command(prefix, user=user, password="pw", per_queue=True, cluster=True)
+        line = setuser_command(prefix, user=user, password="pw", cluster=True)
         for admin in admins:
             admin.execute_command(*line.split())
             admin.acl_log_reset()

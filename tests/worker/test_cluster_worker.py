@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import conveyor
 import pytest
+from conveyor.keys import Keys
 from django.tasks import TaskResultStatus
 from django.test import override_settings
+from redis.crc import key_slot
 
 from devtools.redis_cluster import LocalCluster
+from devtools.redis_server import find_server_binary
 from tests import tasks
 from tests.conftest import queues_on_every_primary, tasks_setting
 
@@ -71,3 +77,50 @@ def test_workers_drain_queues_on_three_primaries_and_lose_nothing_when_one_is_ki
         assert "CROSSSLOT" not in logs and "MOVED" not in logs
         second.send(signal.SIGTERM)
         assert second.wait_exit(DEADLINE) == 0
+
+
+@pytest.mark.subprocess
+def test_a_queue_slot_moved_to_another_primary_mid_run_loses_and_doubles_nothing(
+    prefix: str, spawn_worker: SpawnWorker, tmp_path: Path
+) -> None:
+    """Reshard a busy queue's slot while a worker drains it and the web enqueues: every task runs once."""
+    binary = find_server_binary()
+    assert binary
+    cluster = LocalCluster(binary, primaries=3, lifetime=300)
+    cluster.start()
+    try:
+        queue = queues_on_every_primary(cluster, prefix)[0]
+        slot = key_slot(Keys(prefix, per_queue=True).of(queue).tag.encode())
+        setting = tasks_setting(cluster.url, prefix, CLUSTER=True, HASH_TAG_PER_QUEUE=True)
+        setting["default"]["QUEUES"] = [queue]
+        out = tmp_path / "ran.txt"
+        with override_settings(TASKS=setting):
+            backend = real_backend()
+            task = tasks.slow_append_line.using(queue_name=queue)
+            results = conveyor.enqueue_many(task, [((str(out), f"a-{i}", 0.01), {}) for i in range(150)])
+            worker = spawn_worker("--concurrency", "4", url=cluster.url, CONVEYOR_TEST_CLUSTER="per-queue")
+            wait_until(lambda: len(lines_of(out)) >= 10, what="the worker to start draining")
+
+            # When the slot moves to the next primary in batches, tasks still arriving one by one
+            mover = threading.Thread(target=cluster.move_slot, args=(slot, 1), kwargs={"pause": 0.02})
+            mover.start()
+            while mover.is_alive():  # both clients, the asyncio one on a new event loop each time
+                results.append(task.enqueue(str(out), f"b-{len(results)}", 0.01))
+                results.append(asyncio.run(task.aenqueue(str(out), f"b-{len(results)}", 0.01)))
+                time.sleep(0.01)
+            mover.join()
+            results += [task.enqueue(str(out), f"c-{i}", 0.01) for i in range(20)]
+
+            # Then the slot is on the new primary and every task ran exactly once
+            assert cluster.owner_of(slot) == 1
+            finished = [wait_finished(backend, r.id, timeout=DEADLINE * 2) for r in results]
+            assert {f.status for f in finished} == {TaskResultStatus.SUCCESSFUL}
+            ran = lines_of(out)
+            assert sorted(ran) == sorted(str(r.args[1]) for r in results)
+            logs = "\n".join(worker.lines + worker.stderr)
+            assert "CROSSSLOT" not in logs and "Traceback" not in logs
+            worker.send(signal.SIGTERM)
+            assert worker.wait_exit(DEADLINE) == 0
+            backend.store.close()
+    finally:
+        cluster.stop()
