@@ -756,11 +756,8 @@ class Store:
             args += (name, value)
         k = self.keys.of(queue)
         index = k.succeeded(queue) if status == "SUCCESSFUL" else k.failed(queue)
-        return ScriptCall(
-            name="finish",
-            keys=[k.task(task_id), k.running(queue), index, k.done_prefix + task_id],
-            args=args,
-        )
+        done = (k.done_prefix if k.per_queue else self._done_prefix) + task_id  # no call on the hot path
+        return ScriptCall(name="finish", keys=[k.task(task_id), k.running(queue), index, done], args=args)
 
     def finish(
         self, task_id: str, queue: str, token: str, status: str, ttl: int, fields: dict[str, str]
