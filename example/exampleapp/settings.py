@@ -67,6 +67,13 @@ TASKS = {
                 for option in ("SSL_CA_CERTS", "SSL_CERTFILE", "SSL_KEYFILE")
                 if os.environ.get(f"REDIS_{option}")
             },
+            # Redis Cluster (docs/cluster.md; the Helm chart's redis.cluster and redis.hashTagPerQueue set
+            # these): "1" turns the option on; web and workers must agree on HASH_TAG_PER_QUEUE
+            **{
+                option: os.environ[f"REDIS_{option}"] == "1"
+                for option in ("CLUSTER", "HASH_TAG_PER_QUEUE")
+                if os.environ.get(f"REDIS_{option}")
+            },
         },
     }
 }

@@ -978,6 +978,10 @@ def test_helm_test_pod_pings_redis(helm: str) -> None:
         ({"redis.url": "http://redis:6379"}, "redis.url"),
         ({"redis.url": ""}, "redis.url"),
         ({"app.keyPrefix": ""}, "app.keyPrefix"),
+        ({"redis.cluster": "yes"}, "redis.cluster"),
+        ({"redis.cluster": 1}, "redis.cluster"),
+        ({"redis.hashTagPerQueue": "true"}, "redis.hashTagPerQueue"),
+        ({"redis.hashTagPerQueue": None}, "hashTagPerQueue"),
         ({"worker.replica": 2}, "replica"),
         ({"autoscalling": {"mode": "hpa"}}, "autoscalling"),
     ],
@@ -1004,6 +1008,7 @@ def test_schema_rejects_bad_values(helm: str, values: dict[str, object], message
         ),
         ({"worker.extraArgs": ["--worker-id", "w-1"]}, "must not pass --worker-id"),
         ({"worker.extraArgs": ["--concurrency=2", "--worker-id=w-1"]}, "must not pass --worker-id"),
+        ({"redis.cluster": True, "redis.url": "redis://node-0.redis:6379/2"}, "has only database 0"),
     ],
 )
 def test_chart_rejects_inconsistent_values(helm: str, values: dict[str, object], message: str) -> None:
@@ -1184,6 +1189,126 @@ def test_example_settings_read_the_tls_env(monkeypatch: pytest.MonkeyPatch) -> N
     assert options["SSL_CA_CERTS"] == "/etc/conveyor/redis-tls/ca.crt"
     assert options["SSL_KEYFILE"] == "/etc/conveyor/redis-tls/tls.key"
     assert "SSL_CERTFILE" not in options
+
+
+# -- Redis Cluster (docs/cluster.md) -------------------------------------------------------------------
+
+CLUSTER_ENV = {"REDIS_CLUSTER": "1", "REDIS_HASH_TAG_PER_QUEUE": "1"}
+EVERY_POD: dict[str, object] = {"web.enabled": True, "migrations.enabled": True, "queueMetrics.enabled": True}
+EVERY_POD_NAME = {
+    "rel-conveyor-worker",
+    "rel-conveyor-queue-metrics",
+    "rel-conveyor-web",
+    "rel-conveyor-migrate",
+    "rel-conveyor-test-redis",
+}
+
+
+def every_container(result: Render) -> list[tuple[str, Manifest]]:
+    """Return (pod name, container) of every container and init container the chart rendered."""
+    return [
+        (name, c)
+        for name, pod in result.pod_specs()
+        for c in [*pod.get("initContainers", []), *pod["containers"]]
+    ]
+
+
+def test_cluster_values_reach_every_django_container_and_are_off_by_default(helm: str) -> None:
+    # Given every pod the chart makes: worker, exporter, web, migrations and the helm test pod
+    on = helm_template(helm, set_values={**EVERY_POD, "redis.cluster": True, "redis.hashTagPerQueue": True})
+    off = helm_template(helm, set_values=EVERY_POD)
+    assert on.returncode == 0, on.stderr
+    assert off.returncode == 0, off.stderr
+    assert {n for n, _ in on.pod_specs()} == {n for n, _ in off.pod_specs()} == EVERY_POD_NAME
+    # Then with both values on every container has both variables, so web and workers agree
+    for name, c in every_container(on):
+        env = plain_env(c)
+        assert {k: env.get(k) for k in CLUSTER_ENV} == CLUSTER_ENV, (name, c["name"])
+    # And by default none has either
+    for name, c in every_container(off):
+        assert not set(CLUSTER_ENV) & {e["name"] for e in c.get("env", [])}, (name, c["name"])
+
+
+@pytest.mark.parametrize(
+    ("value", "variable"), [("cluster", "REDIS_CLUSTER"), ("hashTagPerQueue", "REDIS_HASH_TAG_PER_QUEUE")]
+)
+def test_each_cluster_value_sets_only_its_own_variable(helm: str, value: str, variable: str) -> None:
+    result = helm_template(helm, set_values={**EVERY_POD, f"redis.{value}": True})
+    assert result.returncode == 0, result.stderr
+    for name, c in every_container(result):
+        env = plain_env(c)
+        assert env.get(variable) == "1", (name, c["name"])
+        assert set(CLUSTER_ENV) & set(env) == {variable}, (name, c["name"])
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"redis.url": "redis://node-0.redis:6379"},
+        {"redis.url": "rediss://:pw@node-0.redis:6379/0"},
+        {"redis.existingSecret": "redis-cluster-url"},  # the chart cannot see that URL's database
+    ],
+    ids=["no-path", "db0", "existing-secret"],
+)
+def test_cluster_accepts_database_0_or_none(helm: str, values: dict[str, object]) -> None:
+    result = helm_template(helm, set_values={**values, "redis.cluster": True})
+    assert result.returncode == 0, result.stderr
+
+
+def test_helm_test_pod_checks_the_cluster_state_only_with_cluster(helm: str) -> None:
+    for cluster in (False, True):
+        pod = helm_template(helm, set_values={"redis.cluster": cluster}).one("Pod")
+        [c] = pod["spec"]["containers"]
+        script = c["command"][-1]
+        compile(script, "helm-test", "exec")
+        # The script asks CLUSTER INFO only when its env says REDIS_CLUSTER=1 (run for real in
+        # test_chart_contract.py against a local cluster and a plain Redis)
+        assert 'os.environ.get("REDIS_CLUSTER") == "1"' in script and "cluster_state:ok" in script
+        assert ("REDIS_CLUSTER" in plain_env(c)) is cluster
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, {}),
+        (
+            {"REDIS_CLUSTER": "1", "REDIS_HASH_TAG_PER_QUEUE": "1"},
+            {"CLUSTER": True, "HASH_TAG_PER_QUEUE": True},
+        ),
+        ({"REDIS_CLUSTER": "1"}, {"CLUSTER": True}),
+        ({"REDIS_HASH_TAG_PER_QUEUE": "1"}, {"HASH_TAG_PER_QUEUE": True}),
+        ({"REDIS_CLUSTER": "0", "REDIS_HASH_TAG_PER_QUEUE": ""}, {"CLUSTER": False}),
+    ],
+    ids=["unset", "both", "cluster-only", "hash-tag-only", "0-and-empty"],
+)
+def test_example_settings_read_the_cluster_env(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: dict[str, bool]
+) -> None:
+    """The example project turns REDIS_CLUSTER and REDIS_HASH_TAG_PER_QUEUE ("1") into OPTIONS."""
+    import importlib.util
+
+    from conveyor.options import parse_options
+
+    for name in ("REDIS_CLUSTER", "REDIS_HASH_TAG_PER_QUEUE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    spec = importlib.util.spec_from_file_location(
+        "example_settings", ROOT / "example" / "exampleapp" / "settings.py"
+    )
+    assert spec is not None and spec.loader is not None
+    settings = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(settings)
+
+    options = settings.TASKS["default"]["OPTIONS"]
+    assert {k: options[k] for k in ("CLUSTER", "HASH_TAG_PER_QUEUE") if k in options} == expected
+    # And the backend takes them as they are
+    parsed, problems = parse_options(options)
+    assert problems == []
+    assert (parsed.cluster, parsed.hash_tag_per_queue) == (
+        expected.get("CLUSTER", False),
+        expected.get("HASH_TAG_PER_QUEUE", False),
+    )
 
 
 NETWORK_POLICY = {

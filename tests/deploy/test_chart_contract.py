@@ -21,9 +21,11 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 from conveyor.keys import Keys
+from redis.crc import key_slot
 
+from devtools.redis_cluster import LocalCluster
+from devtools.redis_server import RedisProcess, find_server_binary, free_port
 from tests.deploy.helm_chart import ROOT, Manifest, Render, container, rendered
-from devtools.redis_server import RedisProcess, free_port
 
 pytestmark = [pytest.mark.deploy, pytest.mark.subprocess]
 
@@ -300,3 +302,92 @@ def test_the_autoscaler_reads_ready_due_and_running_tasks_from_the_rendered_expo
             assert (document["ready"], document["due"]) == (3, 2)
     finally:
         stop(proc, float(pod["terminationGracePeriodSeconds"]))
+
+
+# -- Redis Cluster: the helm test pod and the worker, as rendered, on a local three-primary cluster -----
+
+
+def run_helm_test_pod(result: Render, redis_url: str) -> subprocess.CompletedProcess[str]:
+    """Run the `helm test` pod's command as rendered (python: this interpreter, which has redis-py)."""
+    [spec] = result.one("Pod")["spec"]["containers"]
+    assert spec["command"][0] == "python"
+    return subprocess.run(
+        [sys.executable, *spec["command"][1:]],
+        env=process_env(container_env(spec, redis_url)),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+def test_rendered_helm_test_pod_checks_the_cluster_state_only_with_cluster(
+    helm: str, local_cluster: LocalCluster, own_redis: RedisProcess
+) -> None:
+    plain = rendered(helm)
+    cluster = rendered(helm, redis__cluster=True, redis__hashTagPerQueue=True)
+    # Without redis.cluster the pod PINGs, whatever the server
+    for url in (own_redis.url, local_cluster.url):
+        proc = run_helm_test_pod(plain, url)
+        assert proc.returncode == 0, proc.stderr
+        assert "redis answered PING" in proc.stdout and "cluster_state" not in proc.stdout
+    # With it, a node of a healthy cluster passes and says so
+    proc = run_helm_test_pod(cluster, local_cluster.url)
+    assert proc.returncode == 0, proc.stderr
+    assert "redis answered PING" in proc.stdout and "cluster_state:ok" in proc.stdout
+    # A plain Redis fails the test (cluster support is disabled there)
+    proc = run_helm_test_pod(cluster, own_redis.url)
+    assert proc.returncode != 0, proc.stdout
+    # And so does a cluster node that answers PING but serves no slots (cluster_state:fail)
+    binary = find_server_binary()
+    assert binary
+    # (its own bus port, as LocalCluster gives each node: the default, port + 10000, can pass 65535)
+    cluster_args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+    lone = RedisProcess(binary, extra_args=(*cluster_args, "--cluster-port", str(free_port())), lifetime=120)
+    lone.start()
+    try:
+        proc = run_helm_test_pod(cluster, lone.url)
+    finally:
+        lone.stop()
+    assert proc.returncode != 0, proc.stdout
+    assert "redis answered PING" in proc.stdout and "cluster_state:fail" in proc.stderr
+
+
+def prefix_off_the_first_node(cluster: LocalCluster, base: str, queue: str) -> str:
+    """Return a key prefix whose per-queue slot for queue is NOT on the node the URL names."""
+    for n in range(1000):
+        prefix = f"{base}{n}"
+        if cluster.node_of_slot(key_slot(Keys(prefix, per_queue=True).of(queue).tag.encode())) != 0:
+            return prefix
+    raise AssertionError("no prefix found off the first node")
+
+
+def test_rendered_worker_does_a_task_on_a_redis_cluster(
+    helm: str, local_cluster: LocalCluster, prefix: str, tmp_path: Path
+) -> None:
+    # Given the worker of a chart with both cluster values, and a key prefix that puts the queue
+    # "default" on another primary than the node the URL names (a plain client would get MOVED)
+    key_prefix = prefix_off_the_first_node(local_cluster, prefix, "default")
+    pod, spec = worker_spec(
+        rendered(helm, redis__cluster=True, redis__hashTagPerQueue=True, app__keyPrefix=key_prefix)
+    )
+    env = container_env(spec, local_cluster.url)
+    assert (env["REDIS_CLUSTER"], env["REDIS_HASH_TAG_PER_QUEUE"]) == ("1", "1")
+    port = free_port()
+    log = tmp_path / "worker.log"
+    proc = start(spec, process_env(env, CONVEYOR_HEALTH_PORT=str(port)), log)
+    try:
+        status, body = wait_for(f"http://127.0.0.1:{port}/readyz", proc, log)
+        assert status == 200, f"{body}\n{log.read_text()}"
+        # When a task is enqueued through the example project's settings with the same env
+        outcome = enqueue_add_and_wait(process_env(env), TASK_WAIT_SECONDS)
+        # Then the worker runs it, and its id carries the queue's token (HASH_TAG_PER_QUEUE reached
+        # the backend; CLUSTER did too, or the other primary's slot would have answered MOVED)
+        assert outcome["status"] == "SUCCESSFUL", f"{outcome}\n{log.read_text()}"
+        assert outcome["value"] == 5
+        token = Keys(key_prefix, per_queue=True).of("default").token
+        assert str(outcome["id"]).startswith(f"{token}."), outcome
+    finally:
+        code = stop(proc, float(pod["terminationGracePeriodSeconds"]))
+    assert code == 0, log.read_text()

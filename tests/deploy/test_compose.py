@@ -58,7 +58,7 @@ def compose(
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("DJANGO_", "CONVEYOR_", "COMPOSE_", "PROJECT_")) and k != "REDIS_URL"
+        if not k.startswith(("DJANGO_", "CONVEYOR_", "COMPOSE_", "PROJECT_", "REDIS_"))
     }
     return subprocess.run(
         [*shlex.split(compose_bin), "--env-file", str(env_file), *(f"-f{f}" for f in files), *args],
@@ -418,6 +418,8 @@ def test_your_project_override_takes_redis_url_from_the_env_file_and_requires_it
     assert proc.returncode == 0, proc.stderr
     worker = json.loads(proc.stdout)["services"]["worker"]
     assert worker["environment"]["REDIS_URL"] == "redis://:s3cret@redis.internal:6379/0"
+    # Unset, the Redis Cluster switches reach the containers empty, which the example settings skip
+    assert worker["environment"]["REDIS_CLUSTER"] == worker["environment"]["REDIS_HASH_TAG_PER_QUEUE"] == ""
     for required in ("PROJECT_IMAGE", "PROJECT_SETTINGS_MODULE", "PROJECT_TASK_MODULES"):
         missing = tmp_path / f"no-{required}.env"
         missing.write_text(
@@ -430,3 +432,28 @@ def test_your_project_override_takes_redis_url_from_the_env_file_and_requires_it
         proc = compose(compose_bin, "config", "-q", env_file=missing, files=(COMPOSE_FILE, YOUR_PROJECT_FILE))
         assert proc.returncode != 0, required
         assert required in proc.stderr, proc.stderr
+
+
+def test_your_project_override_passes_the_cluster_switches_to_every_django_container(
+    compose_bin: str, your_project_env: Path, tmp_path: Path
+) -> None:
+    # Given REDIS_CLUSTER and REDIS_HASH_TAG_PER_QUEUE in the env file (docs/cluster.md)
+    with_cluster = tmp_path / "cluster.env"
+    with_cluster.write_text(
+        your_project_env.read_text()
+        + "REDIS_URL=redis://redis-cluster-0.internal:6379/0\nREDIS_CLUSTER=1\nREDIS_HASH_TAG_PER_QUEUE=1\n"
+    )
+    proc = compose(
+        compose_bin,
+        "config",
+        "--format",
+        "json",
+        env_file=with_cluster,
+        files=(COMPOSE_FILE, YOUR_PROJECT_FILE),
+    )
+    assert proc.returncode == 0, proc.stderr
+    # Then migrate and the worker both get them, so they agree on the key layout
+    services = json.loads(proc.stdout)["services"]
+    for name in ("migrate", "worker"):
+        env = services[name]["environment"]
+        assert (env["REDIS_CLUSTER"], env["REDIS_HASH_TAG_PER_QUEUE"]) == ("1", "1"), name

@@ -102,6 +102,19 @@ securityContext:
 {{- end }}
 {{- end -}}
 
+{{/* Redis Cluster switches (redis.cluster, redis.hashTagPerQueue, docs/cluster.md): one value each, so
+     every Django container, web and worker alike, agrees on the client and the key layout. */}}
+{{- define "conveyor.redisClusterEnv" -}}
+{{- if .Values.redis.cluster }}
+- name: REDIS_CLUSTER
+  value: "1"
+{{- end }}
+{{- if .Values.redis.hashTagPerQueue }}
+- name: REDIS_HASH_TAG_PER_QUEUE
+  value: "1"
+{{- end }}
+{{- end -}}
+
 {{/* Every volume of a Django pod: /tmp, and the Redis TLS files when redis.tls names Secrets. */}}
 {{- define "conveyor.volumes" -}}
 {{ include "conveyor.tmpVolume" . }}
@@ -148,6 +161,7 @@ securityContext:
   value: {{ .Values.app.keyPrefix | quote }}
 {{ include "conveyor.redisUrlEnv" . }}
 {{- include "conveyor.redisTlsEnv" . }}
+{{- include "conveyor.redisClusterEnv" . }}
 {{- with .Values.app.env }}
 {{ toYaml . }}
 {{- end }}
@@ -234,6 +248,9 @@ readinessProbe:
 {{- end -}}
 {{- if and (not .Values.redis.existingSecret) (not (has (urlParse .Values.redis.url).scheme (list "redis" "rediss"))) -}}
 {{- fail (printf "redis.url must start with redis:// or rediss:// (got scheme %q)." (urlParse .Values.redis.url).scheme) -}}
+{{- end -}}
+{{- if and .Values.redis.cluster (not .Values.redis.existingSecret) (not (has (urlParse .Values.redis.url).path (list "" "/" "/0"))) -}}
+{{- fail (printf "redis.url names database %q, but a Redis Cluster has only database 0 (redis.cluster is true): end the URL with /0 or no path." (trimPrefix "/" (urlParse .Values.redis.url).path)) -}}
 {{- end -}}
 {{- end -}}
 
