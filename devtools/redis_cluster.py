@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
@@ -22,6 +23,7 @@ class LocalCluster:
 
     binary: str
     primaries: int = 3
+    replicas: int = 0  # replicas per primary (nodes[primaries:], in primary order)
     lifetime: float | None = None
     nodes: list[RedisProcess] = field(default_factory=list)
     bus_ports: list[int] = field(default_factory=list)
@@ -31,9 +33,9 @@ class LocalCluster:
         """Return the URL of the first node (a cluster client finds the others from it)."""
         return self.nodes[0].url
 
-    def start(self, timeout: float = 20.0) -> None:
-        """Start the nodes, give each its share of the slots, introduce them, wait until the cluster is ok."""
-        for _ in range(self.primaries):
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the nodes, give each primary its share of the slots, introduce them, wait until ok."""
+        for _ in range(self.primaries * (1 + self.replicas)):
             bus = free_port()
             args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
             args += ("--cluster-port", str(bus), "--cluster-node-timeout", "2000")
@@ -43,19 +45,59 @@ class LocalCluster:
             self.bus_ports.append(bus)
         clients = [redis.Redis(host="127.0.0.1", port=n.port, socket_timeout=5) for n in self.nodes]
         try:
-            for i, client in enumerate(clients):
+            for i, client in enumerate(clients[: self.primaries]):
                 low, high = self.slot_range(i)
                 client.execute_command("CLUSTER", "ADDSLOTSRANGE", low, high)
             for node, bus in zip(self.nodes[1:], self.bus_ports[1:], strict=True):
                 clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus)
             deadline = time.monotonic() + timeout
-            while not all(self._ready(c) for c in clients):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the local cluster never became ok on every node")
-                time.sleep(0.05)
+            self._wait(
+                lambda: all(self._known(c) for c in clients), deadline, "every node to know the others"
+            )
+            for j, client in enumerate(clients[self.primaries :]):
+                primary = self._id(clients[j // self.replicas])
+                client.execute_command("CLUSTER", "REPLICATE", primary)
+            self._wait(lambda: all(self._ready(c) for c in clients), deadline, "the cluster to be ok")
+            synced = clients[self.primaries :]  # a replica that never synced cannot fail over
+            self._wait(
+                lambda: all(c.info("replication").get("master_link_status") == "up" for c in synced),
+                deadline,
+                "every replica to sync",
+            )
         finally:
             for client in clients:
                 client.close()
+
+    @staticmethod
+    def _wait(done: Callable[[], bool], deadline: float, what: str) -> None:
+        while not done():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the local cluster timed out waiting for {what}")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _id(client: redis.Redis) -> str:
+        raw = client.execute_command("CLUSTER", "MYID")
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    def _info(self, client: redis.Redis) -> str:
+        info = client.execute_command("CLUSTER", "INFO")
+        return info.decode() if isinstance(info, bytes) else str(info)
+
+    def _known(self, client: redis.Redis) -> bool:
+        return f"cluster_known_nodes:{len(self.nodes)}" in self._info(client)
+
+    def _ready(self, client: redis.Redis) -> bool:
+        text = self._info(client)
+        if "cluster_state:ok" not in text or f"cluster_known_nodes:{len(self.nodes)}" not in text:
+            return False
+        if not self.replicas:
+            return True
+        rows = [line.split() for line in client.execute_command("CLUSTER", "NODES").decode().splitlines()]
+        replicas = [row for row in rows if "slave" in row[2].split(",")]
+        return len(replicas) == self.primaries * self.replicas and all(
+            row[7] == "connected" for row in replicas
+        )
 
     def slot_range(self, index: int) -> tuple[int, int]:
         """Return the first and last slot node `index` owns."""
@@ -68,15 +110,18 @@ class LocalCluster:
         return min(slot // (SLOTS // self.primaries), self.primaries - 1)
 
     def owner_of(self, slot: int) -> int:
-        """Return the index of the node that owns a slot now (asked of the first node)."""
-        client = redis.Redis(host="127.0.0.1", port=self.nodes[0].port, socket_timeout=5)
-        try:
-            for low, high, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
-                if low <= slot <= high:
-                    port = int(primary[1])
-                    return next(i for i, n in enumerate(self.nodes) if n.port == port)
-        finally:
-            client.close()
+        """Return the index of the node that owns a slot now, as the first node that answers sees it."""
+        for node in self.nodes:
+            client = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=5)
+            try:
+                for low, high, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                    if low <= slot <= high:
+                        port = int(primary[1])
+                        return next(i for i, n in enumerate(self.nodes) if n.port == port)
+            except redis.ConnectionError:
+                continue  # a node that was stopped
+            finally:
+                client.close()
         raise LookupError(f"no node owns slot {slot}")
 
     def move_slot(self, slot: int, to: int, batch: int = 10, pause: float = 0.0) -> int:
@@ -106,11 +151,6 @@ class LocalCluster:
         finally:
             for client in clients:
                 client.close()
-
-    def _ready(self, client: redis.Redis) -> bool:
-        info = client.execute_command("CLUSTER", "INFO")
-        text = info.decode() if isinstance(info, bytes) else str(info)
-        return "cluster_state:ok" in text and f"cluster_known_nodes:{self.primaries}" in text
 
     def stop(self) -> None:
         """Kill every node."""

@@ -9,7 +9,7 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +40,7 @@ from .exceptions import ConveyorError, RedisUnavailable
 from .keys import Keys
 from .options import Options
 from .transport import (
-    RESHARD_WAIT,
+    CLUSTER_WAIT,
     ClusterTransport,
     ScriptCall,
     Sent,
@@ -519,7 +519,7 @@ class Store:
             client = self._async_client()
             replies: list[Any] = [None] * len(calls)
             todo = list(range(len(calls)))
-            deadline, pause = time.monotonic() + RESHARD_WAIT, 0.02
+            deadline, pause = time.monotonic() + CLUSTER_WAIT, 0.02
             while True:  # calls refused while their slot moves go again (CLUSTER; see ClusterTransport.run)
                 try:
                     for i, reply in zip(
@@ -530,6 +530,11 @@ class Store:
                 except (ClusterError, TryAgainError):
                     if not self.options.cluster or time.monotonic() > deadline:
                         raise
+                except (RedisConnectionError, RedisTimeoutError, OSError):  # a primary gone: a failover?
+                    if not self.options.cluster or time.monotonic() > deadline:
+                        raise
+                    with suppress(RedisError, RedisClusterException, OSError):
+                        await client.nodes_manager.initialize()
                 else:
                     if not todo or not self.options.cluster or time.monotonic() > deadline:
                         break

@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -33,8 +33,10 @@ except ImportError:  # hiredis is an optional extra
     pack_command = None
 
 
-# How long a script call refused while its slot moves between primaries is sent again (CLUSTER).
-RESHARD_WAIT = 30.0
+# How long a script call is sent again while its slot moves between primaries, or while a replica
+# takes over from a primary that stopped answering (CLUSTER; Redis's cluster-node-timeout is 15 s
+# by default, and a failover takes about that long).
+CLUSTER_WAIT = 30.0
 
 
 @cache
@@ -275,13 +277,14 @@ class ClusterTransport:
         """Send script calls in one pipeline over the primaries; return their replies (see Transport.run).
 
         While a slot moves between primaries, a script whose keys are split between the two
-        is refused (TRYAGAIN, or redirections until the client gives up): such calls are sent
-        again, with a growing pause, for up to RESHARD_WAIT seconds. Every script is safe to
-        repeat (enqueue by task id, the rest fenced by owner), as for a broken connection.
+        is refused (TRYAGAIN, or redirections until the client gives up); while a primary that
+        died is replaced by its replica, its slots do not answer. Such calls are sent again,
+        with a growing pause and the slot map read afresh, for up to CLUSTER_WAIT seconds.
+        Every script is safe to repeat (enqueue by task id, the rest fenced by owner).
         """
         replies: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
-        deadline = time.monotonic() + RESHARD_WAIT
+        deadline = time.monotonic() + CLUSTER_WAIT
         pause = 0.02
         while True:
             try:
@@ -291,7 +294,11 @@ class ClusterTransport:
             except (ClusterError, TryAgainError) as exc:  # the pipeline gave up: send it all again
                 if time.monotonic() > deadline:
                     raise self._translate(exc) from exc
-            except (RedisError, OSError) as exc:
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # a primary gone: a failover?
+                if time.monotonic() > deadline:
+                    raise self._translate(exc) from exc
+                self._refresh()
+            except RedisError as exc:
                 raise self._translate(exc) from exc
             except RedisClusterException as exc:  # no node reachable, no slot map
                 raise RedisUnavailable(f"Redis Cluster: {exc}") from exc
@@ -306,6 +313,11 @@ class ClusterTransport:
             if isinstance(reply, RedisError):
                 raise self._translate(reply) from reply
         return replies
+
+    def _refresh(self) -> None:
+        """Read the slot map again from any node that answers (after a failover it names the new primary)."""
+        with suppress(RedisError, RedisClusterException, OSError):
+            self._client().nodes_manager.initialize()
 
     def _complete(self, calls: Sequence[ScriptCall]) -> list[Any]:
         """Send calls in one pipeline; load scripts a primary lacks and send those calls again."""
