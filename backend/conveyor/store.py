@@ -745,7 +745,8 @@ class Store:
         claim_id = claim_id or os.urandom(8).hex()
         found: list[Claimed] = []
         for turn in range(len(self.slots(queues))):  # one turn unless HASH_TAG_PER_QUEUE
-            calls = self.claim_calls(queues, worker_id, lease_ms, count - len(found), f"{claim_id}:{turn}")
+            name = f"{claim_id}:{turn}" if turn else claim_id  # a replay of the first turn finds its memo
+            calls = self.claim_calls(queues, worker_id, lease_ms, count - len(found), name)
             claimed, waiting = self.parse_claimed(self.run(calls), queues)
             found += claimed
             if len(found) >= count or not waiting:
