@@ -57,6 +57,35 @@ def script_sha(name: str) -> str:
     return hashlib.sha1(script_source(name).encode(), usedforsecurity=False).hexdigest()
 
 
+@cache
+def keyed_scripts() -> Any:
+    """Return a redis-py policy resolver routing EVAL and EVALSHA by their keys; None before redis-py 8."""
+    try:
+        from redis.commands.policies import (  # type: ignore[attr-defined,unused-ignore]
+            BasePolicyResolver,
+            CommandPolicies,
+            RequestPolicy,
+            ResponsePolicy,
+            StaticPolicyResolver,
+        )
+    except ImportError:
+        return None
+    keyed = CommandPolicies(
+        request_policy=RequestPolicy.DEFAULT_KEYED, response_policy=ResponsePolicy.DEFAULT_KEYED
+    )
+
+    class KeyedScripts(BasePolicyResolver):  # type: ignore[misc,unused-ignore]
+        """EVAL and EVALSHA go to the slot of their keys; every other command as redis-py decides."""
+
+        def __init__(self, fallback: Any = None) -> None:
+            super().__init__({"core": {"eval": keyed, "evalsha": keyed}}, fallback)
+
+        def with_fallback(self, fallback: Any) -> Any:
+            return KeyedScripts(fallback)
+
+    return KeyedScripts(StaticPolicyResolver())
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScriptCall:
     """One EVALSHA of a bundled script, ready to be sent alone or with others."""
@@ -350,6 +379,12 @@ class ClusterTransport:
 
     def _pipeline(self, calls: Sequence[ScriptCall]) -> list[Any]:
         pipe = self._client().pipeline()
+        resolver = keyed_scripts()
+        if resolver is not None and hasattr(pipe, "_policy_resolver"):
+            # redis-py 8's cluster pipeline knows no policy for EVALSHA and asks a node for its
+            # keys (COMMAND GETKEYS), one round trip per call; RedisCluster.pipeline() passes no
+            # resolver of ours on, so it is set here (tests/integration/test_cluster_primaries.py).
+            pipe._policy_resolver = resolver
         for c in calls:
             pipe.execute_command("EVALSHA", script_sha(c.name), len(c.keys), *c.keys, *c.args)
         return list(pipe.execute(raise_on_error=False))

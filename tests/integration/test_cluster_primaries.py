@@ -359,3 +359,25 @@ def finish_one(backend: RedisBackend, queue: str, result: str) -> None:
     """Claim the one ready task of a queue and record it SUCCESSFUL with a JSON result."""
     [x] = backend.store.claim([queue], "w", LONG_LEASE_MS, 1)
     assert backend.store.finish(x.task_id, queue, x.token, "SUCCESSFUL", 60, {"result": result})
+
+
+def test_script_calls_are_routed_by_their_keys_without_asking_the_server(
+    backend: RedisBackend, queues: list[str], local_cluster: LocalCluster
+) -> None:
+    """No COMMAND GETKEYS per script call: redis-py 8's cluster pipeline asks a node for EVALSHA's keys."""
+    admins = [redis.Redis(host="127.0.0.1", port=n.port) for n in local_cluster.nodes]
+    try:
+        for admin in admins:
+            admin.config_resetstat()
+        for q in queues:
+            backend.enqueue(tasks.noop_task.using(queue_name=q), (), {})
+        backend.enqueue_many(tasks.noop_task.using(queue_name=queues[0]), [((), {})] * 10)
+        store = backend.store
+        for x in store.claim(queues, "w", LONG_LEASE_MS, 20):
+            assert store.finish(x.task_id, x.queue, x.token, "SUCCESSFUL", 60, {"result": "null"})
+        stats = [admin.info("commandstats") for admin in admins]
+        assert sum(s.get("cmdstat_evalsha", {}).get("calls", 0) for s in stats) >= 20
+        assert [s.get("cmdstat_command|getkeys", {}).get("calls", 0) for s in stats] == [0, 0, 0]
+    finally:
+        for admin in admins:
+            admin.close()
