@@ -17,7 +17,7 @@ round-robin --repeat times; the summary holds medians. --plain adds a plain redi
 option (the layout of docs/capacity.md) to the rotation; --evalsha-routing keyed (or both, alternating)
 routes pipelined EVALSHA by its keys instead of redis-py 8.1's COMMAND GETKEYS per call
 (bench/keyed_evalsha.py). The cluster's KEY_PREFIX puts the backend's own tag on the last node, away
-from node 0, which the URL names and redis-py asks. Writes bench/results/cluster.json.
+from node 0 (the URL's node and slot 0's owner, redis-py's default node). Writes bench/results/cluster.json.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from devtools.redis_server import RedisProcess, bounded_command, find_server_bin
 from tests.conftest import tasks_setting  # noqa: E402
 
 PREFIX = "clusterbench"  # KEY_PREFIX (cluster: this and a number, chosen per N; the same in every run)
-WORKER_LOG = ROOT / "bench" / "results" / "worker-bench.log.tmp"
+WORKER_LOG = ROOT / "bench" / "results" / "cluster-workers.log.tmp"  # the last run's worker logs only
 IGNORED = ("cmdstat_info", "cmdstat_config")  # this script's own calls
 SCRIPTS = ("evalsha", "eval", "fcall")
 
@@ -109,7 +109,7 @@ def node_clients(layout: Layout) -> list[Any]:
 
 
 def cluster_prefix(cluster: LocalCluster) -> str:
-    """Return a KEY_PREFIX whose own tag is on the last node, away from node 0 (redis-py asks that one)."""
+    """Return a KEY_PREFIX whose own tag is on the last node, away from node 0 (redis-py's default node)."""
     from redis.crc import key_slot
 
     for n in range(1000):
@@ -311,6 +311,7 @@ def one_run(variant: Variant, layout: Layout, opts: argparse.Namespace, repeat: 
     from django.tasks import default_task_backend
     from django.test import override_settings
 
+    WORKER_LOG.write_bytes(b"")  # two lines per task: keep one run's
     clients = node_clients(layout)
     own = own_tasks(layout, opts.tasks)
     ran: list[tuple[float, tuple[int, ...]]] = []
@@ -355,6 +356,7 @@ def one_run(variant: Variant, layout: Layout, opts: argparse.Namespace, repeat: 
         "variant": variant.name,
         "primaries": variant.primaries,
         "repeat": repeat,
+        "tasks": opts.tasks,
         "load_average_1m": round(load, 2),
         "prefix": layout.prefix,
         "queues": list(layout.queues),
@@ -407,6 +409,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     asked = [i for i in range(nodes) if getkeys[i] >= 0.01 and i != global_node]  # redis-py's default node
     plain = [i for i in range(nodes) if i != global_node and i not in asked]
     busiest = [max(c) for c in node_cost]
+    drains = [r["phases"]["drain"] for r in runs]
+    scripts = [sum(n["script_calls"] for n in d["nodes"]) for d in drains]
     summary: dict[str, Any] = {
         "runs": len(runs),
         "enqueue_many_tasks_per_s": median([r["phases"]["enqueue_many"]["tasks_per_s"] for r in runs]),
@@ -416,6 +420,13 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "drain_tasks_per_s": median([r["phases"]["drain"]["busy_tasks_per_s"] for r in runs]),
         "drain_spawn_to_exit_tasks_per_s": median([r["phases"]["drain"]["tasks_per_s"] for r in runs]),
         "worker_cpu_us_per_task": median([r["phases"]["drain"]["worker_cpu_us_per_task"] for r in runs]),
+        "drain_scripts_per_task": median([n / runs[0]["tasks"] for n in scripts]),
+        "drain_script_us_per_call": median(
+            [
+                sum(n["script_us_per_task"] for n in d["nodes"]) * r["tasks"] / n
+                for d, r, n in zip(drains, runs, scripts, strict=True)
+            ]
+        ),
         "server_cpu_us_per_task": {
             p: median([r["phases"][p]["server_cpu_us_per_task"] for r in runs]) for p in both
         },
@@ -464,7 +475,7 @@ def print_run(run: dict[str, Any]) -> None:
 def print_summary(summary: dict[str, dict[str, Any]]) -> None:
     """Print the medians, one line per variant."""
     print(
-        f"{'variant':<12}{'enqueue/s':>10}{'drain/s':>9}{'worker us':>10}{'server us/task':>15}"
+        f"{'variant':<12}{'enqueue/s':>10}{'drain/s':>9}{'worker us':>10}{'scripts':>8}{'server us/task':>15}"
         f"{'per node (* own tag)':>24}{'per own task':>22}{'server-bound/s':>16}"
     )
     for name, s in summary.items():
@@ -475,7 +486,8 @@ def print_summary(summary: dict[str, dict[str, Any]]) -> None:
         per_own = " ".join(f"{c:.1f}" for c in s["node_cpu_us_per_own_task"])
         print(
             f"{name:<12}{s['enqueue_many_tasks_per_s']:>10,.0f}{s['drain_tasks_per_s']:>9,.0f}"
-            f"{s['worker_cpu_us_per_task']:>10.0f}{s['server_cpu_us_per_task_total']:>15.1f}"
+            f"{s['worker_cpu_us_per_task']:>10.0f}{s['drain_scripts_per_task']:>8.2f}"
+            f"{s['server_cpu_us_per_task_total']:>15.1f}"
             f"{per_node:>24}{per_own:>22}{s['server_bound_tasks_per_s']:>16,}"
         )
 
