@@ -701,6 +701,8 @@ class Store:
         queues in several slots, one slot's call claims (the one that had the most ready
         tasks last time, in turns on a tie) and the others only count their ready tasks.
         """
+        if not self.keys.per_queue:  # the hot path: one slot, one call
+            return [self._claim_call(self.keys, queues, worker_id, lease_ms, count, claim_id)]
         groups = self.slots(queues)
         chosen = 0
         if len(groups) > 1:
@@ -709,32 +711,40 @@ class Store:
             most = max(waiting)
             tied = [i for i, w in enumerate(waiting) if w == most]
             chosen = tied[turn % len(tied)]
-        calls = []
-        for i, (k, group) in enumerate(groups):
-            keys = [k.task_prefix, k.claim_memo(claim_id), k.paused]
-            for queue in group:
-                keys += (k.ready(queue), k.ready_since(queue), k.running(queue))
-            limit = count if i == chosen else 0
-            calls.append(
-                ScriptCall(name="claim", keys=keys, args=[worker_id, lease_ms, limit, self._memo_ms, *group])
-            )
-        return calls
+        return [
+            self._claim_call(k, group, worker_id, lease_ms, count if i == chosen else 0, claim_id)
+            for i, (k, group) in enumerate(groups)
+        ]
+
+    def _claim_call(
+        self, k: Keys, queues: Sequence[str], worker_id: str, lease_ms: int, count: int, claim_id: str
+    ) -> ScriptCall:
+        keys = [k.task_prefix, k.claim_memo(claim_id), k.paused]
+        for queue in queues:
+            keys += (k.ready(queue), k.ready_since(queue), k.running(queue))
+        return ScriptCall(name="claim", keys=keys, args=[worker_id, lease_ms, count, self._memo_ms, *queues])
 
     def parse_claimed(self, replies: Sequence[Any], queues: Sequence[str]) -> tuple[list[Claimed], int]:
         """Turn the replies to claim_calls() into Claimed records and the count still waiting."""
-        claimed = []
+        if not self.keys.per_queue:
+            return self._parse_claimed(replies[0], queues)
+        claimed: list[Claimed] = []
         waiting = 0
         for flat, (k, group) in zip(replies, self.slots(queues), strict=True):
-            for i in range(0, len(flat) - 1, 3):
-                values = flat[i + 2]
-                fields = dict(zip(values[::2], values[1::2], strict=True))
-                claimed.append(
-                    Claimed(task_id=flat[i].decode(), queue=group[int(flat[i + 1])], fields=fields)
-                )
-            waiting += int(flat[-1])
-            if self.keys.per_queue:
-                self._slot_waiting[k.tag] = int(flat[-1])
+            found, left = self._parse_claimed(flat, group)
+            claimed += found
+            waiting += left
+            self._slot_waiting[k.tag] = left
         return claimed, waiting
+
+    @staticmethod
+    def _parse_claimed(flat: Sequence[Any], queues: Sequence[str]) -> tuple[list[Claimed], int]:
+        claimed = []
+        for i in range(0, len(flat) - 1, 3):
+            values = flat[i + 2]
+            fields = dict(zip(values[::2], values[1::2], strict=True))
+            claimed.append(Claimed(task_id=flat[i].decode(), queue=queues[int(flat[i + 1])], fields=fields))
+        return claimed, int(flat[-1])
 
     def claim(
         self, queues: Sequence[str], worker_id: str, lease_ms: int, count: int, claim_id: str | None = None
