@@ -48,8 +48,43 @@ _ALARM_EXEC = "import os, signal, sys; signal.alarm(int(sys.argv[1])); os.execv(
 
 
 def bounded_command(argv: list[str], lifetime: float) -> list[str]:
-    """Return argv wrapped so the process gets SIGALRM (and dies) after lifetime seconds."""
+    """Return argv wrapped so the process gets SIGALRM (and dies) after lifetime seconds.
+
+    Only for programs that die of SIGALRM (Python's default): redis-server and valkey-server
+    catch it, log it and go on, so servers are bounded by reap_after() instead.
+    """
     return [sys.executable, "-c", _ALARM_EXEC, str(max(1, int(lifetime))), *argv]
+
+
+# A reaper: a small process of its own that checks once a second whether the server is still
+# the same process (pid and start time, from /proc) and ends when it is gone; at the deadline it
+# SIGKILLs it. So a server outlives its lifetime neither when a test forgets it nor when the
+# test run itself is killed.
+_REAPER = """
+import os, signal, sys, time
+pid, lifetime = int(sys.argv[1]), float(sys.argv[2])
+def started():
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return None
+first = started()
+deadline = time.monotonic() + lifetime
+while first is not None and started() == first:
+    if time.monotonic() >= deadline:
+        os.kill(pid, signal.SIGKILL)
+        break
+    time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+"""
+
+
+def reap_after(pid: int, lifetime: float) -> subprocess.Popen[bytes]:
+    """Start a reaper that SIGKILLs process pid after lifetime seconds unless it has ended (Linux /proc)."""
+    argv = [sys.executable, "-c", _REAPER, str(pid), str(lifetime)]
+    return subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
 
 
 def _wait_for_ping(proc: subprocess.Popen[bytes], binary: str, port: int, timeout: float) -> None:
@@ -77,7 +112,7 @@ class RedisProcess:
     appendonly=True turns the append-only file on with appendfsync always: every write is
     on disk before Redis answers, so data survives stop() and start() (same port and dir).
     save sets RDB save points; stop() kills, so nothing is saved unless one was reached.
-    lifetime bounds how long each started server may run before it is killed (SIGALRM).
+    lifetime bounds how long each started server may run before it is killed (reap_after).
     """
 
     binary: str
@@ -117,9 +152,9 @@ class RedisProcess:
         if self.appendonly:
             args += ["--appendfsync", "always"]
         args += self.extra_args
-        if self.lifetime is not None:
-            args = bounded_command(args, self.lifetime)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if self.lifetime is not None:
+            reap_after(self.proc.pid, self.lifetime)
         _wait_for_ping(self.proc, self.binary, self.port, timeout)
 
     def stop(self) -> None:
@@ -178,9 +213,9 @@ class SentinelProcess:
             f"sentinel failover-timeout {name} {self.failover_timeout_ms}\n"
         )
         args = [self.binary, str(config), "--sentinel"]
-        if self.lifetime is not None:
-            args = bounded_command(args, self.lifetime)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if self.lifetime is not None:
+            reap_after(self.proc.pid, self.lifetime)
         _wait_for_ping(self.proc, self.binary, self.port, timeout)
 
     def stop(self) -> None:
