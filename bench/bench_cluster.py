@@ -1,7 +1,7 @@
 """Capacity beyond one primary: server CPU per task on each primary of a 1-, 2- and 3-primary Redis Cluster.
 
 Run: .venv/bin/python bench/bench_cluster.py [--tasks 20000] [--repeat 3] [--primaries 1,2,3]
-     [--workers per-queue|K] [--plain] [--evalsha-routing redis-py|keyed|both] [--lifetime 600]
+     [--workers per-queue|K] [--plain] [--lifetime 600]
 For each run it starts a LocalCluster of N primaries on loopback (its nodes die by themselves after
 --lifetime seconds, and are killed at the end of the run), configures conveyor with CLUSTER and
 HASH_TAG_PER_QUEUE and one queue per primary (named like tests.conftest.queues_on_every_primary),
@@ -14,10 +14,10 @@ and measures two phases on freshly reset statistics (CONFIG RESETSTAT on every n
 Per node it reads INFO cpu (the main thread's user + system CPU) and INFO commandstats; per phase the
 wall clock, this process's CPU (enqueue) and the workers' CPU (wait4). The runs alternate the N values
 round-robin --repeat times; the summary holds medians. --plain adds a plain redis-server without either
-option (the layout of docs/capacity.md) to the rotation; --evalsha-routing keyed (or both, alternating)
-routes pipelined EVALSHA by its keys instead of redis-py 8.1's COMMAND GETKEYS per call
-(bench/keyed_evalsha.py). The cluster's KEY_PREFIX puts the backend's own tag on the last node, away
-from node 0 (the URL's node and slot 0's owner, redis-py's default node). Writes bench/results/cluster.json.
+option (the layout of docs/capacity.md) to the rotation. Each node's COMMAND GETKEYS calls are counted
+(conveyor routes its pipelined scripts by their keys, so they should be none). The cluster's KEY_PREFIX
+puts the backend's own tag on the last node, away from node 0 (the URL's node and slot 0's owner,
+redis-py's default node). Writes bench/results/cluster.json.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +42,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_capacity import main_thread_cpu_us  # noqa: E402
 from bench_worker import setup_django  # noqa: E402
-from keyed_evalsha import keyed_evalsha  # noqa: E402
 
 from devtools.redis_cluster import LocalCluster  # noqa: E402
 from devtools.redis_server import RedisProcess, bounded_command, find_server_binary, free_port  # noqa: E402
@@ -57,20 +55,14 @@ SCRIPTS = ("evalsha", "eval", "fcall")
 
 @dataclass(frozen=True)
 class Variant:
-    """One layout under test: N primaries with per-queue tags, or a plain server (primaries 0).
-
-    keyed: EVALSHA in cluster pipelines routed by its keys (bench/keyed_evalsha.py), in this
-    process and in the workers, instead of redis-py's COMMAND GETKEYS round trip per call.
-    """
+    """One layout under test: N primaries with per-queue tags, or a plain server (primaries 0)."""
 
     primaries: int
-    keyed: bool = False
 
     @property
     def name(self) -> str:
         """Return the variant's label in the report."""
-        base = f"N={self.primaries}" if self.primaries else "plain"
-        return f"{base} keyed" if self.keyed else base
+        return f"N={self.primaries}" if self.primaries else "plain"
 
     @property
     def cluster(self) -> bool:
@@ -178,8 +170,7 @@ def start_worker(
     env.pop("CONVEYOR_TEST_CLUSTER", None)
     if variant.cluster:
         env["CONVEYOR_TEST_CLUSTER"] = "per-queue"
-    entry = [str(ROOT / "bench" / "keyed_evalsha.py")] if variant.keyed else ["-m", "conveyor_worker"]
-    argv = [sys.executable, *entry, "--batch", "--queues", ",".join(queues)]
+    argv = [sys.executable, "-m", "conveyor_worker", "--batch", "--queues", ",".join(queues)]
     with WORKER_LOG.open("ab") as log:
         return subprocess.Popen(bounded_command(argv, lifetime), env=env, stdout=log, stderr=log)
 
@@ -317,8 +308,7 @@ def one_run(variant: Variant, layout: Layout, opts: argparse.Namespace, repeat: 
     ran: list[tuple[float, tuple[int, ...]]] = []
 
     try:
-        patched = keyed_evalsha() if variant.keyed else nullcontext()
-        with override_settings(TASKS=setting(variant, layout)), patched:
+        with override_settings(TASKS=setting(variant, layout)):
             try:
                 enqueue_all(layout, len(layout.queues))  # scripts loaded, queues known: steady state
                 run_workers(variant, layout, opts.workers, opts.lifetime)
@@ -452,10 +442,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def variants_of(opts: argparse.Namespace) -> list[Variant]:
     """Return the variants one round runs, in order."""
-    routings = {"redis-py": (False,), "keyed": (True,), "both": (False, True)}[opts.evalsha_routing]
-    variants = [Variant(0)] if opts.plain else []
-    variants += [Variant(int(n), keyed) for n in opts.primaries.split(",") for keyed in routings]
-    return variants
+    plain = [Variant(0)] if opts.plain else []
+    return plain + [Variant(int(n)) for n in opts.primaries.split(",")]
 
 
 def print_run(run: dict[str, Any]) -> None:
@@ -500,12 +488,6 @@ def main() -> int:
     parser.add_argument("--primaries", default="1,2,3", help="comma-separated N values")
     parser.add_argument("--workers", default="per-queue", help="per-queue, or K workers on every queue")
     parser.add_argument("--plain", action="store_true", help="also a plain server without the two options")
-    parser.add_argument(
-        "--evalsha-routing",
-        choices=("redis-py", "keyed", "both"),
-        default="redis-py",
-        help="keyed: route pipelined EVALSHA by its keys (bench/keyed_evalsha.py); both: alternate",
-    )
     parser.add_argument("--lifetime", type=float, default=600.0, help="seconds any server or worker may run")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cluster.json")
     opts = parser.parse_args()
