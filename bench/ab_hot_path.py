@@ -33,7 +33,8 @@ def main() -> None:
     reply = [b"id1", 0, [b"status", b"RUNNING"], b"id2", 0, [b"status", b"RUNNING"], 3]
     if hasattr(store, "claim_calls"):
         claim = lambda: store.claim_calls(queues, "w", 30_000, 8, "w:1")  # noqa: E731
-        parse = lambda: store.parse_claimed([reply], queues)  # noqa: E731
+        sent = store.claim_calls(queues, "w", 30_000, 8, "w:1")
+        parse = lambda: store.parse_claimed([reply], sent, queues)  # noqa: E731
     else:  # before per-queue hash tags: one claim call
         claim = lambda: store.claim_call(queues, "w", 30_000, 8, "w:1")  # noqa: E731
         parse = lambda: store.parse_claimed(reply, queues)  # noqa: E731

@@ -74,6 +74,9 @@ WAKE_CAP = 256
 # A finished task's done list (written only when someone waits for it) outlives the finish
 # by this much, for a waiter that looks just before the finish and blocks just after.
 DONE_TTL_MS = 60_000
+# HASH_TAG_PER_QUEUE: a worker serving several slots counts the ready tasks of the slots it does
+# not claim from at least every this many claim round trips (and whenever its slot may run dry).
+COUNT_EVERY = 8
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -698,22 +701,27 @@ class Store:
 
         claim_id names this call, unique per worker: the same call sent again (its reply
         was lost) returns what the first one claimed instead of claiming more. With
-        queues in several slots, one slot's call claims (the one that had the most ready
-        tasks last time, in turns on a tie) and the others only count their ready tasks.
+        queues in several slots, one slot's call claims: the slot that had the most ready
+        tasks at its last count, in turns on a tie. The other slots are only counted, and
+        only when that slot may run dry in this round trip or every COUNT_EVERY round
+        trips; in between their last counts stand.
         """
         if not self.keys.per_queue:  # the hot path: one slot, one call
             return [self._claim_call(self.keys, queues, worker_id, lease_ms, count, claim_id)]
         groups = self.slots(queues)
-        chosen = 0
-        if len(groups) > 1:
-            turn = next(self._claim_turn)
-            waiting = [self._slot_waiting.get(k.tag, 1) for k, _ in groups]
-            most = max(waiting)
-            tied = [i for i, w in enumerate(waiting) if w == most]
-            chosen = tied[turn % len(tied)]
+        if len(groups) == 1:
+            k, group = groups[0]
+            return [self._claim_call(k, group, worker_id, lease_ms, count, claim_id)]
+        turn = next(self._claim_turn)
+        waiting = [self._slot_waiting.get(k.tag, 1) for k, _ in groups]  # never counted: maybe work
+        most = max(waiting)
+        tied = [i for i, w in enumerate(waiting) if w == most]
+        chosen = tied[turn % len(tied)]
+        recount = turn % COUNT_EVERY == 0 or waiting[chosen] <= count
         return [
             self._claim_call(k, group, worker_id, lease_ms, count if i == chosen else 0, claim_id)
             for i, (k, group) in enumerate(groups)
+            if i == chosen or recount
         ]
 
     def _claim_call(
@@ -724,17 +732,28 @@ class Store:
             keys += (k.ready(queue), k.ready_since(queue), k.running(queue))
         return ScriptCall(name="claim", keys=keys, args=[worker_id, lease_ms, count, self._memo_ms, *queues])
 
-    def parse_claimed(self, replies: Sequence[Any], queues: Sequence[str]) -> tuple[list[Claimed], int]:
-        """Turn the replies to claim_calls() into Claimed records and the count still waiting."""
+    def parse_claimed(
+        self, replies: Sequence[Any], calls: Sequence[ScriptCall], queues: Sequence[str]
+    ) -> tuple[list[Claimed], int]:
+        """Turn the replies to claim_calls(queues, ...) into Claimed records and the count still ready.
+
+        A slot of queues the round trip did not count adds its last count.
+        """
         if not self.keys.per_queue:
-            return self._parse_claimed(replies[0], queues)
+            return self._parse_claimed(replies[0], calls[0].args[4:])
         claimed: list[Claimed] = []
         waiting = 0
-        for flat, (k, group) in zip(replies, self.slots(queues), strict=True):
-            found, left = self._parse_claimed(flat, group)
+        heard: set[str] = set()
+        for flat, call in zip(replies, calls, strict=True):
+            found, left = self._parse_claimed(flat, call.args[4:])
             claimed += found
             waiting += left
-            self._slot_waiting[k.tag] = left
+            tag = call.keys[0][: call.keys[0].index("}") + 1]  # the task prefix starts with the slot's tag
+            self._slot_waiting[tag] = left
+            heard.add(tag)
+        for k, _ in self.slots(queues):
+            if k.tag not in heard:
+                waiting += self._slot_waiting.get(k.tag, 0)
         return claimed, waiting
 
     @staticmethod
@@ -757,7 +776,7 @@ class Store:
         for turn in range(len(self.slots(queues))):  # one turn unless HASH_TAG_PER_QUEUE
             name = f"{claim_id}:{turn}" if turn else claim_id  # a replay of the first turn finds its memo
             calls = self.claim_calls(queues, worker_id, lease_ms, count - len(found), name)
-            claimed, waiting = self.parse_claimed(self.run(calls), queues)
+            claimed, waiting = self.parse_claimed(self.run(calls), calls, queues)
             found += claimed
             if len(found) >= count or not waiting:
                 break

@@ -473,7 +473,7 @@ def test_a_paused_queue_is_not_claimed_from_and_not_counted_as_waiting(make_back
     store: Store = backend.store
     assert store.claim(["emails"], WORKER, LONG_LEASE_MS, 10) == []
     calls = store.claim_calls(["emails", "default"], WORKER, LONG_LEASE_MS, 10, "c1")
-    claimed, waiting = store.parse_claimed(store.run(calls), ["emails", "default"])
+    claimed, waiting = store.parse_claimed(store.run(calls), calls, ["emails", "default"])
     assert [c.task_id for c in claimed] == [work] and waiting == 0
     (stats,) = store.queue_stats(["emails"])
     assert stats.paused and stats.ready == 3 and stats.work == 0

@@ -63,14 +63,15 @@ def test_replies_sent_ahead_are_read_later_from_another_thread(backend: object) 
     first, second = tasks.noop_task.enqueue(), tasks.noop_task.enqueue()
     got: list[object] = []
     with store.transport.hold():
-        sent = store.transport.send_ahead(store.claim_calls(["default"], "w1", 10_000, 2, "w1:1"))
+        calls = store.claim_calls(["default"], "w1", 10_000, 2, "w1:1")
+        sent = store.transport.send_ahead(calls)
         reader = threading.Thread(target=lambda: got.append(store.transport.receive(sent)))
         reader.start()
         reader.join()
         # the held connection is free again for the next round trip
         finished = store.finish(first.id, "default", "w1#1", "SUCCESSFUL", 60, {"result": "1"})
 
-    claimed, waiting = store.parse_claimed(got[0], ["default"])  # type: ignore[arg-type]
+    claimed, waiting = store.parse_claimed(got[0], calls, ["default"])  # type: ignore[arg-type]
     assert [c.task_id for c in claimed] == [first.id, second.id]
     assert waiting == 0
     assert finished is True

@@ -204,7 +204,7 @@ def test_claim_reports_how_many_tasks_are_still_ready(backend: RedisBackend) -> 
 
     def claim(queues: list[str], count: int) -> tuple[int, int]:
         sent = store.claim_calls(queues, "worker-a", LONG_LEASE_MS, count, f"w:{next(calls)}")
-        claimed, waiting = store.parse_claimed(store.run(sent), queues)
+        claimed, waiting = store.parse_claimed(store.run(sent), sent, queues)
         return len(claimed), waiting
 
     assert claim(["a", "b", "c"], 2) == (2, 3)

@@ -158,8 +158,10 @@ def test_a_replayed_claim_returns_what_it_claimed_and_claims_nothing_more(backen
     once = store.run(calls)
     again = store.run(calls)
 
-    assert [c.task_id for c in store.parse_claimed(once, ["default"])[0]] == [first.id]
-    assert store.parse_claimed(again, ["default"])[0] == store.parse_claimed(once, ["default"])[0]
+    assert [c.task_id for c in store.parse_claimed(once, calls, ["default"])[0]] == [first.id]
+    assert (
+        store.parse_claimed(again, calls, ["default"])[0] == store.parse_claimed(once, calls, ["default"])[0]
+    )
     assert hget(backend, second.id, "status") == "READY"
 
 

@@ -43,7 +43,7 @@ class InFlight:
     sent: Sent
     deferred: list[Deferred]
     claims: int
-    queues: Sequence[str]  # as when sent: the claim's reply names queues by index
+    queues: Sequence[str]  # as when sent: the claim calls' queues
     since: float = field(default_factory=time.monotonic)
     landed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -149,7 +149,7 @@ class ClaimPipeline:
         except BaseException:
             self._undo(deferred, claims)
             raise
-        self._absorb(replies, deferred, claims, queues)
+        self._absorb(replies, deferred, claims, sent, queues)
         return replies[len(deferred) : len(deferred) + len(calls)]
 
     def _round_trip(
@@ -177,12 +177,17 @@ class ClaimPipeline:
                 self._deferred[:0] = deferred
 
     def _absorb(
-        self, replies: list[Any], deferred: list[Deferred], claims: int, queues: Sequence[str]
+        self,
+        replies: list[Any],
+        deferred: list[Deferred],
+        claims: int,
+        sent: Sequence[ScriptCall],
+        queues: Sequence[str],
     ) -> None:
         """Take in a round trip's replies: claimed tasks join those ahead, deferred records are done."""
         if claims:
-            slots = len(self._store.slots(queues))  # one claim call per slot, last in the round trip
-            found, waiting = self._store.parse_claimed(replies[-slots:], queues)
+            asked = [c for c in sent if c.name == "claim"]  # the last calls of the round trip
+            found, waiting = self._store.parse_claimed(replies[-len(asked) :], asked, queues)
             self._wakeups.left_waiting(waiting)
             self._slots.unreserve(claims - len(found))
             if found:
@@ -230,7 +235,7 @@ class ClaimPipeline:
                         extra={"event": "record_failed", "worker_id": self._worker_id},
                     )
                     return
-        self._absorb(replies, flight.deferred, flight.claims, flight.queues)
+        self._absorb(replies, flight.deferred, flight.claims, flight.sent.calls, flight.queues)
 
     def land_stale(self, older_than: float) -> None:
         """Read round trips whose processor has not come back for them (a long last task)."""
