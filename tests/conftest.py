@@ -163,6 +163,13 @@ def local_cluster() -> Iterator[LocalCluster]:
         cluster.stop()
 
 
+def cluster_setting(url: str, prefix: str, queues: list[str]) -> dict[str, object]:
+    """Return a TASKS setting for conveyor on a Redis Cluster, each queue in a slot of its own."""
+    setting = tasks_setting(url, prefix, CLUSTER=True, HASH_TAG_PER_QUEUE=True)
+    setting["default"]["QUEUES"] = queues  # type: ignore[index]
+    return setting
+
+
 def queues_on_every_primary(cluster: LocalCluster, prefix: str) -> list[str]:
     """Return one queue name per primary of the cluster: each queue's slot is on a different node."""
     from conveyor.keys import Keys

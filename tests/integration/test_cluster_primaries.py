@@ -29,7 +29,7 @@ from redis.crc import key_slot
 
 from devtools.redis_cluster import LocalCluster
 from tests import tasks
-from tests.conftest import queues_on_every_primary, tasks_setting
+from tests.conftest import cluster_setting, queues_on_every_primary
 
 LONG_LEASE_MS = 60_000
 
@@ -65,8 +65,7 @@ def make_cluster_backend(local_cluster: LocalCluster, prefix: str) -> Iterator[A
 @pytest.fixture
 def backend(local_cluster: LocalCluster, prefix: str, queues: list[str]) -> Iterator[RedisBackend]:
     """Make the cluster backend Django's default one (enqueue_many and wait_result look it up)."""
-    setting = tasks_setting(local_cluster.url, prefix, CLUSTER=True, HASH_TAG_PER_QUEUE=True)
-    setting["default"]["QUEUES"] = [*queues, "default"]
+    setting = cluster_setting(local_cluster.url, prefix, [*queues, "default"])
     with override_settings(TASKS=setting):
         default = task_backends["default"]
         assert isinstance(default, RedisBackend)

@@ -6,6 +6,8 @@ import asyncio
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from redis.crc import key_slot
 from devtools.redis_cluster import LocalCluster
 from devtools.redis_server import find_server_binary
 from tests import tasks
-from tests.conftest import queues_on_every_primary, tasks_setting
+from tests.conftest import cluster_setting, queues_on_every_primary
 
 from .conftest import DEADLINE, SpawnWorker, lines_of, real_backend, status_of, wait_finished, wait_until
 
@@ -35,8 +37,7 @@ def test_workers_drain_queues_on_three_primaries_and_lose_nothing_when_one_is_ki
 ) -> None:
     """Two workers serve three queues whose slots are on three primaries; one is SIGKILLed mid-run."""
     queues = queues_on_every_primary(local_cluster, prefix)
-    setting = tasks_setting(local_cluster.url, prefix, CLUSTER=True, HASH_TAG_PER_QUEUE=True)
-    setting["default"]["QUEUES"] = queues
+    setting = cluster_setting(local_cluster.url, prefix, queues)
     out = tmp_path / "ran.txt"
     with override_settings(TASKS=setting):
         backend = real_backend()
@@ -82,20 +83,28 @@ def test_workers_drain_queues_on_three_primaries_and_lose_nothing_when_one_is_ki
         assert second.wait_exit(DEADLINE) == 0
 
 
+@contextmanager
+def private_cluster(replicas: int = 0) -> Iterator[LocalCluster]:
+    """Start a cluster of three primaries this test may reshard or break; stop it after."""
+    binary = find_server_binary()
+    assert binary
+    cluster = LocalCluster(binary, primaries=3, replicas=replicas, lifetime=300)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.mark.subprocess
 def test_a_queue_slot_moved_to_another_primary_mid_run_loses_and_doubles_nothing(
     prefix: str, spawn_worker: SpawnWorker, tmp_path: Path
 ) -> None:
     """Reshard a busy queue's slot while a worker drains it and the web enqueues: every task runs once."""
-    binary = find_server_binary()
-    assert binary
-    cluster = LocalCluster(binary, primaries=3, lifetime=300)
-    cluster.start()
-    try:
+    with private_cluster() as cluster:
         queue = queues_on_every_primary(cluster, prefix)[0]
         slot = key_slot(Keys(prefix, per_queue=True).of(queue).tag.encode())
-        setting = tasks_setting(cluster.url, prefix, CLUSTER=True, HASH_TAG_PER_QUEUE=True)
-        setting["default"]["QUEUES"] = [queue]
+        setting = cluster_setting(cluster.url, prefix, [queue])
         out = tmp_path / "ran.txt"
         with override_settings(TASKS=setting):
             backend = real_backend()
@@ -125,8 +134,6 @@ def test_a_queue_slot_moved_to_another_primary_mid_run_loses_and_doubles_nothing
             worker.send(signal.SIGTERM)
             assert worker.wait_exit(DEADLINE) == 0
             backend.store.close()
-    finally:
-        cluster.stop()
 
 
 def settled(backend: RedisBackend, task_id: str) -> bool:
@@ -142,14 +149,9 @@ def test_a_primary_killed_mid_run_fails_over_and_its_queue_is_drained_by_the_sam
     prefix: str, spawn_worker: SpawnWorker, tmp_path: Path
 ) -> None:
     """SIGKILL the primary of one queue while a worker drains it: its replica takes over, nothing is lost."""
-    binary = find_server_binary()
-    assert binary
-    cluster = LocalCluster(binary, primaries=3, replicas=1, lifetime=300)
-    cluster.start()
-    try:
+    with private_cluster(replicas=1) as cluster:
         queues = queues_on_every_primary(cluster, prefix)
-        setting = tasks_setting(cluster.url, prefix, CLUSTER=True, HASH_TAG_PER_QUEUE=True)
-        setting["default"]["QUEUES"] = queues
+        setting = cluster_setting(cluster.url, prefix, queues)
         out = tmp_path / "ran.txt"
         with override_settings(TASKS=setting):
             backend = real_backend()
@@ -189,5 +191,3 @@ def test_a_primary_killed_mid_run_fails_over_and_its_queue_is_drained_by_the_sam
             worker.send(signal.SIGTERM)
             assert worker.wait_exit(DEADLINE) == 0
             backend.store.close()
-    finally:
-        cluster.stop()
