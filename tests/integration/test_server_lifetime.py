@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from devtools.redis_server import RedisProcess, SentinelProcess, find_server_binary
+from devtools.redis_server import RedisProcess, SentinelProcess, find_server_binary, free_port
 
 
 def gone_within(process: RedisProcess | SentinelProcess, seconds: float) -> bool:
@@ -25,7 +25,9 @@ def test_a_server_left_running_ends_after_its_lifetime(cluster: bool) -> None:
     """redis-server and valkey-server handle SIGALRM themselves (they log it and go on): still bounded."""
     binary = find_server_binary()
     assert binary
+    # The bus port defaults to port + 10000, past 65535 for a high port: give one.
     extra = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf") if cluster else ()
+    extra += ("--cluster-port", str(free_port())) if cluster else ()
     server = RedisProcess(binary, lifetime=1, extra_args=extra)
     server.start()
     try:
